@@ -1,0 +1,228 @@
+"""The `ddrl` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+from .models.loading import BUILTIN
+
+SPLITS = ("train", "heldout", "all")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not v >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    v = _non_negative_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
+    return v
+
+
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="shapes-sd",
+                   help=f"built-in model {sorted(BUILTIN)}, a diffusers folder or a hub id (default: shapes-sd)")
+    p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--guidance", type=_non_negative_float, default=5.0,
+                   help="classifier-free guidance scale; 1 disables guidance (default: 5.0)")
+    p.add_argument("--eta", type=_unit_float, default=0.0,
+                   help="DDIM stochasticity for epsilon models, in [0, 1] (default: 0, deterministic)")
+    p.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed + i (default: 0)")
+    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default: 64)")
+
+
+def _read_prompts(args) -> list[str]:
+    """Prompts from --prompt, --prompt-file, or the world's split (validated before any model load)."""
+    if args.prompt and args.prompt_file:
+        raise ValueError("give --prompt or --prompt-file, not both")
+    if args.prompt:
+        prompts = [p.strip() for p in args.prompt]
+    elif args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise ValueError(f"prompt file {path} does not exist")
+        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        if not prompts:
+            raise ValueError(f"prompt file {path} is empty; expected one prompt per line")
+    else:
+        from .worlds.shapes import split
+
+        pool = split(args.split)
+        n = min(args.num_prompts, len(pool))
+        prompts = random.Random(args.seed).sample(pool, n)
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt given; every prompt needs at least one word")
+    return prompts
+
+
+def _write_atomic(path: Path, write) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _print_summary(summary: dict) -> None:
+    for k, v in summary.items():
+        if k.startswith("accuracy/"):
+            print(f"  {k[9:]:<14} {v:.3f}")
+    if "accuracy" in summary:
+        print(f"  {'overall':<14} {summary['accuracy']:.3f}   partial-credit score {summary['score']:.3f}"
+              f"   ({summary['n']} images)")
+
+
+def cmd_sample(args) -> None:
+    from .evaluate import score_images
+    from .generate import generate
+    from .grid import image_grid
+    from .models import load_policy
+
+    prompts = _read_prompts(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise ValueError(f"--out must be a .png path, got {out}")
+    all_prompts = [p for p in prompts for _ in range(args.per_prompt)]
+    seeds = [args.seed + i for i in range(len(all_prompts))]
+    policy = load_policy(args.model)
+    t0 = time.time()
+    images = generate(policy, all_prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance,
+                      eta=args.eta, batch_size=args.batch_size)
+    seconds = time.time() - t0
+    ev = score_images(images, all_prompts)
+    captions = [p if s is None else f"{p} [{s:.2f}]" for p, s in zip(all_prompts, ev.scores)]
+    grid = image_grid(images, captions, correct=ev.correct, columns=args.columns)
+    summary = ev.summary()
+    record = {"model": args.model, "steps": args.steps, "guidance": args.guidance, "eta": args.eta,
+              "seconds": round(seconds, 2), "summary": summary,
+              "samples": [{"prompt": p, "seed": s, "correct": c, "score": sc}
+                          for p, s, c, sc in zip(all_prompts, seeds, ev.correct, ev.scores)]}
+    _write_atomic(out, lambda t: grid.save(t, format="PNG"))
+    _write_atomic(out.with_suffix(".json"), lambda t: t.write_text(json.dumps(record, indent=2)))
+    print(f"{len(images)} images in {seconds:.1f} s -> {out} (scores in {out.with_suffix('.json')})")
+    _print_summary(summary)
+
+
+def cmd_evaluate(args) -> None:
+    from .evaluate import score_images
+    from .generate import generate
+    from .models import load_policy
+    from .worlds.shapes import split
+
+    prompts = [p for p in split(args.split) for _ in range(args.per_prompt)]
+    seeds = [args.seed + i for i in range(len(prompts))]
+    policy = load_policy(args.model)
+    images = generate(policy, prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance,
+                      eta=args.eta, batch_size=args.batch_size)
+    summary = score_images(images, prompts).summary()
+    print(f"{args.model} on the {args.split} split ({len(prompts)} images, {args.steps} steps, "
+          f"guidance {args.guidance}):")
+    _print_summary(summary)
+    if args.json:
+        _write_atomic(Path(args.json), lambda t: t.write_text(json.dumps(summary, indent=2)))
+
+
+def cmd_pretrain(args) -> None:
+    from .pretrain.train import PretrainConfig, pretrain
+
+    work = Path(args.work_dir)
+    models = ("vae", "shapes-sd", "shapes-flow") if args.model == "all" else (args.model,)
+    for m in models:
+        out = None if m == "vae" else Path(args.out or work / "export") / m
+        pretrain(PretrainConfig(model=m, work_dir=work, out=out, steps=args.steps or (2000 if m == "vae" else 30000),
+                                minutes=args.minutes or (8 if m == "vae" else 50),
+                                lr=1e-3, batch_size=32 if m == "vae" else 64, seed=args.seed,
+                                threads=args.threads))
+        if out:
+            print(f"{m} exported to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ddrl", description="ddrl: reinforcement learning for "
+                                     "diffusion and flow-matching models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample", help="generate an image grid with verifier scores",
+                       description="Generate images and save a captioned grid PNG (green caption: "
+                       "the shapes verifier says correct) plus a JSON of scores.")
+    _add_generation_args(p)
+    p.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompt-file", help="a text file with one prompt per line")
+    p.add_argument("--split", choices=SPLITS, default="heldout",
+                   help="shapes-world prompt split to draw from when no prompt is given (default: heldout)")
+    p.add_argument("--num-prompts", type=_positive_int, default=16, help="prompts drawn from the split (default: 16)")
+    p.add_argument("--per-prompt", type=_positive_int, default=1, help="images per prompt (default: 1)")
+    p.add_argument("--columns", type=_positive_int, default=8, help="grid columns (default: 8)")
+    p.add_argument("--out", default="outputs/sample.png", help="grid PNG path (default: outputs/sample.png)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="verifier accuracy per GenEval category on a prompt split",
+                       description="Sample every prompt of a split and report the verifier's accuracy "
+                       "per category.")
+    _add_generation_args(p)
+    p.add_argument("--split", choices=SPLITS, default="heldout", help="prompt split (default: heldout)")
+    p.add_argument("--per-prompt", type=_positive_int, default=4, help="images per prompt (default: 4)")
+    p.add_argument("--json", help="also write the summary to this JSON file")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("pretrain", help="train a built-in base model from scratch",
+                       description="Render the shapes-world data, train the VAE, then the denoiser; "
+                       "each stage is checkpointed and resumes when run again.")
+    p.add_argument("model", choices=("vae", "shapes-sd", "shapes-flow", "all"))
+    p.add_argument("--work-dir", default="runs/pretrain", help="data and checkpoints (default: runs/pretrain)")
+    p.add_argument("--out", help="folder to export diffusers models into (default: WORK_DIR/export)")
+    p.add_argument("--steps", type=_positive_int, help="optimizer steps (default: 2000 vae, 30000 denoisers)")
+    p.add_argument("--minutes", type=_non_negative_float,
+                   help="wall-clock budget of the stage (default: 8 vae, 50 denoisers)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.set_defaults(func=cmd_pretrain)
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for ddrl's own progress: no per-component loading bars or notices."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # ModelError is a ValueError
+        print(f"ddrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Policy adapter for Stable Diffusion 1.x / 2.x pipelines (and the built-in `shapes-sd`).
+
+Only the pipeline's components are used (tokenizer, text encoder, UNet, VAE) plus its
+scheduler's `alphas_cumprod`, converted to a tensor once; the scheduler's stateful `step()` and
+the pipeline's `__call__` are never used, so stored steps can be re-scored in any order.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .policy import Cond, adapters_disabled
+
+
+class StableDiffusionPolicy:
+    prediction = "epsilon"
+
+    def __init__(self, pipe, prompt_check: Callable[[Sequence[str]], None] | None = None):
+        self.pipe = pipe
+        self.denoiser = pipe.unet
+        self.vae = pipe.vae
+        self.prompt_check = prompt_check
+        self.alphas_cumprod = pipe.scheduler.alphas_cumprod.float().clone()  # (T_train,)
+        self.final_alpha_cumprod = float(pipe.scheduler.final_alpha_cumprod)
+        self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
+        self.steps_offset = int(pipe.scheduler.config.get("steps_offset", 0))
+        pred = pipe.scheduler.config.get("prediction_type", "epsilon")
+        if pred not in ("epsilon", "v_prediction"):
+            raise ValueError(f"unsupported prediction_type {pred!r}; expected epsilon or v_prediction")
+        self.scheduler_prediction = pred
+        size = pipe.unet.config.sample_size
+        self.latent_shape = (pipe.unet.config.in_channels, size, size)
+
+    @property
+    def device(self) -> torch.device:
+        return self.denoiser.device
+
+    def encode(self, prompts: Sequence[str]) -> Cond:
+        if self.prompt_check:
+            self.prompt_check(prompts)
+        embeds, _ = self.pipe.encode_prompt(list(prompts), self.device, 1, False)
+        return Cond(embeds)
+
+    def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        out = self.denoiser(x_t.to(self.denoiser.dtype), t, cond.embeds).sample
+        if self.scheduler_prediction == "v_prediction":
+            # SD 2.x v-models: eps = sqrt(alpha_bar) * v + sqrt(1 - alpha_bar) * x_t
+            ab = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)
+            out = ab.sqrt() * out.float() + (1 - ab).sqrt() * x_t.float()
+        return out
+
+    def decode(self, latents: Tensor) -> Tensor:
+        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((x.float() + 1) / 2).clamp(0, 1)
+
+    def lora_target_modules(self) -> list[str]:
+        return ["to_q", "to_k", "to_v", "to_out.0"]
+
+    def reference(self):
+        return adapters_disabled(self.denoiser)

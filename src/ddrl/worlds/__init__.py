@@ -1,0 +1,1 @@
+"""Built-in worlds: small procedural tasks that run on a laptop CPU."""

@@ -1,0 +1,51 @@
+import os
+
+# Tests never reach a model hub: a hub id must fail fast and clearly, not hang on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_folder(tmp_path_factory):
+    """A random-weight Stable Diffusion pipeline built from configs and saved in diffusers layout."""
+    from diffusers import StableDiffusionPipeline
+
+    from ddrl.pretrain import components as C
+
+    tok = C.make_clip_tokenizer()
+    pipe = StableDiffusionPipeline(
+        vae=C.make_vae(seed=1), text_encoder=C.make_clip_text_model(tok, hidden=32, seed=2),
+        tokenizer=tok, unet=C.make_unet(cross_attention_dim=32, seed=3),
+        scheduler=C.make_ddim_scheduler(), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    path = tmp_path_factory.mktemp("tiny-sd")
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd3_folder(tmp_path_factory):
+    """A random-weight SD3 pipeline (two CLIPs with projection and a T5) built from configs."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from ddrl.pretrain import components as C
+
+    tok, tok3 = C.make_clip_tokenizer(), C.make_t5_tokenizer()
+    vae = C.make_vae(seed=1)
+    vae.register_to_config(scaling_factor=1.5, shift_factor=0.1)
+    pipe = StableDiffusion3Pipeline(
+        transformer=C.make_sd3_transformer(joint_attention_dim=32, pooled_projection_dim=32, seed=4),
+        scheduler=C.make_flow_scheduler(), vae=vae,
+        text_encoder=C.make_clip_text_model(tok, hidden=16, projection=16, seed=5), tokenizer=tok,
+        text_encoder_2=C.make_clip_text_model(tok, hidden=16, projection=16, seed=6), tokenizer_2=tok,
+        text_encoder_3=C.make_t5_text_model(tok3, d_model=32, seed=7), tokenizer_3=tok3)
+    path = tmp_path_factory.mktemp("tiny-sd3")
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def generator():
+    return torch.Generator().manual_seed(0)

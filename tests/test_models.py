@@ -1,0 +1,94 @@
+"""The Policy adapters on tiny pipelines built from configs, checked against diffusers itself."""
+
+import pytest
+import torch
+from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+from peft import LoraConfig
+from torch.testing import assert_close
+
+from ddrl.generate import generate
+from ddrl.models import ModelError, load_policy
+
+
+def _initial_latents(policy, seeds):
+    return torch.stack([torch.randn(policy.latent_shape, generator=torch.Generator().manual_seed(s))
+                        for s in seeds])
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_sd_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sd_folder, guidance):
+    """Same starting latents, DDIM eta 0, CFG: ddrl's own loop equals StableDiffusionPipeline."""
+    policy = ddrl_images = None
+    policy = load_policy(str(tiny_sd_folder))
+    prompts, seeds = ["a red circle", "two squares"], [3, 4]
+    ddrl_images = generate(policy, prompts, seeds, num_steps=6, guidance_scale=guidance, progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompts, latents=_initial_latents(policy, seeds), num_inference_steps=6,
+               guidance_scale=guidance, output_type="pt").images
+    assert_close(ddrl_images, out, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_sd3_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sd3_folder, guidance):
+    policy = load_policy(str(tiny_sd3_folder))
+    prompts, seeds = ["a blue triangle", "a circle above a square"], [5, 6]
+    ddrl_images = generate(policy, prompts, seeds, num_steps=5, guidance_scale=guidance, progress=False)
+    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompts, latents=_initial_latents(policy, seeds), num_inference_steps=5,
+               guidance_scale=guidance, output_type="pt").images
+    assert_close(ddrl_images, out, rtol=0, atol=2e-5)
+
+
+def test_images_depend_on_their_seed_not_their_batch(tiny_sd_folder):
+    policy = load_policy(str(tiny_sd_folder))
+    prompts, seeds = ["a circle", "a square", "a triangle"], [0, 1, 2]
+    whole = generate(policy, prompts, seeds, num_steps=3, guidance_scale=3.0, eta=1.0, batch_size=3,
+                     progress=False)
+    split = generate(policy, prompts, seeds, num_steps=3, guidance_scale=3.0, eta=1.0, batch_size=2,
+                     progress=False)
+    assert_close(whole, split, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("folder", ["tiny_sd_folder", "tiny_sd3_folder"])
+def test_reference_is_the_base_model_with_lora_disabled(folder, request):
+    policy = load_policy(str(request.getfixturevalue(folder)))
+    c, h, w = policy.latent_shape
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, c, h, w, generator=g)
+    t = torch.tensor([500, 300]) if policy.prediction == "epsilon" else torch.tensor([0.7, 0.4])
+    cond = policy.encode(["a red circle", "a square"])
+    with torch.no_grad():
+        base = policy.predict(x, t, cond)
+        policy.denoiser.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian",
+                                               target_modules=policy.lora_target_modules()))
+        for n, p in policy.denoiser.named_parameters():  # make the adapter do something
+            if "lora_B" in n:
+                p.normal_(generator=g)
+        adapted = policy.predict(x, t, cond)
+        with policy.reference():
+            ref = policy.predict(x, t, cond)
+        after = policy.predict(x, t, cond)
+    assert (adapted - base).abs().max() > 1e-3
+    assert_close(ref, base)
+    assert_close(after, adapted)
+
+
+def test_unknown_missing_and_corrupt_models_give_one_line_errors(tiny_sd_folder, tmp_path):
+    with pytest.raises(ModelError, match="no model 'no-such-model'"):
+        load_policy("no-such-model")
+    with pytest.raises(ModelError, match="no model"):
+        load_policy(str(tmp_path / "missing" / "folder"))
+    with pytest.raises(ModelError, match="not a diffusers pipeline folder"):
+        load_policy(str(tmp_path))
+    with pytest.raises(ModelError, match="could not load 'someone/some-model'"):
+        load_policy("someone/some-model")  # offline: the hub cannot be reached
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_sd_folder, broken)
+    (broken / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(ModelError, match="could not load") as info:
+        load_policy(str(broken))
+    assert "\n" not in str(info.value)
