@@ -22,8 +22,8 @@ def _randn(shape: tuple[int, ...], gens: Sequence[torch.Generator]) -> Tensor:
 
 
 def _denoise(policy: Policy, x: Tensor, cond, uncond, gens, *, num_steps: int,
-             guidance_scale: float, eta: float) -> Tensor:
-    b = x.shape[0]
+             guidance_scale: float, eta: float, on_step=lambda: None) -> Tensor:
+    b, device = x.shape[0], x.device
     if policy.prediction == "epsilon":
         ts = ddim_timesteps(num_steps, policy.num_train_timesteps, policy.steps_offset)
         ratio = policy.num_train_timesteps // num_steps
@@ -31,14 +31,18 @@ def _denoise(policy: Policy, x: Tensor, cond, uncond, gens, *, num_steps: int,
         for t in ts.tolist():
             prev = t - ratio
             ab_prev = ab[prev] if prev >= 0 else torch.tensor(policy.final_alpha_cumprod)
-            eps = guided_prediction(policy, x, torch.full((b,), t), cond, uncond, guidance_scale)
-            noise = _randn(x.shape[1:], gens) if eta > 0 else None
+            eps = guided_prediction(policy, x, torch.full((b,), t, device=device), cond, uncond,
+                                    guidance_scale)
+            noise = _randn(x.shape[1:], gens).to(device) if eta > 0 else None
             x = ddim_step(x, eps, ab[t], ab_prev, eta=eta, noise=noise).x_prev
+            on_step()
         return x
     sigmas = flow_sigmas(num_steps, policy.shift, policy.num_train_timesteps)
     for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-        v = guided_prediction(policy, x, torch.full((b,), s), cond, uncond, guidance_scale)
+        v = guided_prediction(policy, x, torch.full((b,), s, device=device), cond, uncond,
+                              guidance_scale)
         x = flow_ode_step(x, v, s, s_next)
+        on_step()
     return x
 
 
@@ -55,12 +59,14 @@ def generate(policy: Policy, prompts: Sequence[str], seeds: Sequence[int], *, nu
     uncond1 = policy.encode([""])
     images = []
     starts = range(0, len(prompts), batch_size)
-    for i in tqdm(starts, desc="sampling", disable=not progress or len(starts) == 1):
-        p, s = list(prompts[i:i + batch_size]), seeds[i:i + batch_size]
-        gens = [torch.Generator().manual_seed(int(x)) for x in s]
-        x = _randn(policy.latent_shape, gens)
-        cond = policy.encode(p)
-        x = _denoise(policy, x, cond, uncond1.repeat(len(p)), gens, num_steps=num_steps,
-                     guidance_scale=guidance_scale, eta=eta)
-        images.append(policy.decode(x))
+    with tqdm(total=len(starts) * num_steps, desc=f"sampling {len(prompts)} images",
+              unit="step", disable=not progress) as bar:
+        for i in starts:
+            p, s = list(prompts[i:i + batch_size]), seeds[i:i + batch_size]
+            gens = [torch.Generator().manual_seed(int(x)) for x in s]
+            x = _randn(policy.latent_shape, gens).to(policy.device)
+            cond = policy.encode(p)
+            x = _denoise(policy, x, cond, uncond1.repeat(len(p)), gens, num_steps=num_steps,
+                         guidance_scale=guidance_scale, eta=eta, on_step=lambda: bar.update(1))
+            images.append(policy.decode(x).cpu())
     return torch.cat(images)
