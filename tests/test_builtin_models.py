@@ -64,8 +64,14 @@ def test_model_card_and_metadata_are_shipped(name):
     heldout = meta["evaluation"]["heldout"]
     assert 0.3 <= heldout["accuracy"] <= 0.8, heldout
     assert (folder / "README.md").read_text().startswith("---")
-    size = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
-    assert 0 < size < 15e6
+
+
+def test_weights_are_safetensors_under_25_mb_in_all():
+    files = [f for name in ("shapes-sd", "shapes-flow") for f in builtin_path(name).rglob("*")
+             if f.is_file()]
+    assert not [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")]
+    size = sum(f.stat().st_size for f in files if f.suffix == ".safetensors")
+    assert 5e6 < size < 25e6, size
 
 
 def test_built_in_vocabulary_is_enforced():

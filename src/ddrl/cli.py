@@ -144,17 +144,30 @@ def cmd_evaluate(args) -> None:
         _write_atomic(Path(args.json), lambda t: t.write_text(json.dumps(summary, indent=2)))
 
 
+# Each stage as the shipped models were trained (see their model cards): learning rate, batch,
+# and the number of steps the time budget allowed on a 2-core CPU.
+PRETRAIN_DEFAULTS = {
+    "vae": {"steps": 2035, "lr": 1e-3, "batch_size": 32},
+    "shapes-sd": {"steps": 30000, "lr": 1e-3, "batch_size": 64},
+    "shapes-flow": {"steps": 30000, "lr": 1e-3, "batch_size": 64},
+}
+
+
 def cmd_pretrain(args) -> None:
-    from .pretrain.train import PretrainConfig, pretrain
+    from .pretrain.train import PretrainConfig, export_checkpoint, pretrain
 
     work = Path(args.work_dir)
     models = ("vae", "shapes-sd", "shapes-flow") if args.model == "all" else (args.model,)
+    if args.export_only and "vae" in models:
+        raise ValueError("--export-only applies to shapes-sd and shapes-flow, not the VAE stage")
     for m in models:
         out = None if m == "vae" else Path(args.out or work / "export") / m
-        pretrain(PretrainConfig(model=m, work_dir=work, out=out, steps=args.steps or (2000 if m == "vae" else 30000),
-                                minutes=args.minutes or (8 if m == "vae" else 50),
-                                lr=1e-3, batch_size=32 if m == "vae" else 64, seed=args.seed,
-                                threads=args.threads))
+        d = PRETRAIN_DEFAULTS[m]
+        cfg = PretrainConfig(model=m, work_dir=work, out=out, steps=args.steps or d["steps"],
+                             minutes=args.minutes if args.minutes is not None else 1e9,
+                             lr=d["lr"], batch_size=d["batch_size"], seed=args.seed,
+                             threads=args.threads)
+        export_checkpoint(cfg) if args.export_only else pretrain(cfg)
         if out:
             print(f"{m} exported to {out}")
 
@@ -193,9 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=("vae", "shapes-sd", "shapes-flow", "all"))
     p.add_argument("--work-dir", default="runs/pretrain", help="data and checkpoints (default: runs/pretrain)")
     p.add_argument("--out", help="folder to export diffusers models into (default: WORK_DIR/export)")
-    p.add_argument("--steps", type=_positive_int, help="optimizer steps (default: 2000 vae, 30000 denoisers)")
+    p.add_argument("--steps", type=_positive_int,
+                   help="optimizer steps (default: as the shipped models; see their model cards)")
     p.add_argument("--minutes", type=_non_negative_float,
-                   help="wall-clock budget of the stage (default: 8 vae, 50 denoisers)")
+                   help="stop the stage after this much training time in all (default: no limit)")
+    p.add_argument("--export-only", action="store_true",
+                   help="export, evaluate and card the latest checkpoint without training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_pretrain)

@@ -110,11 +110,13 @@ def make_clip_text_model(tokenizer, hidden: int, projection: int | None = None, 
 
 
 def make_t5_text_model(tokenizer, d_model: int, seed: int = 0):
+    """T5 encoder without dropout (T5's default is 0.1): dropout would draw from torch's global
+    RNG and make pretraining depend on more than its seed."""
     import torch
     from transformers import T5Config, T5EncoderModel
 
     cfg = T5Config(vocab_size=len(tokenizer), d_model=d_model, d_kv=16, d_ff=2 * d_model,
-                   num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                   num_layers=2, num_heads=4, relative_attention_num_buckets=8, dropout_rate=0.0,
                    pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                    decoder_start_token_id=tokenizer.pad_token_id)
     torch.manual_seed(seed)

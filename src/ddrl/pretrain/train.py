@@ -131,6 +131,7 @@ def _loop(cfg: PretrainConfig, stage_dir: Path, modules: dict, loss_fn, desc: st
     step = _load_state(ckpt, modules, ema, opt, gen) if ckpt.exists() else 0
     info_path = stage_dir / "progress.json"
     info = json.loads(info_path.read_text()) if info_path.exists() else {"seconds": 0.0, "losses": []}
+    info["config"] = _config_record(cfg)
     start, start_seconds = time.time(), info["seconds"]
     bar = tqdm(total=cfg.steps, initial=step, desc=desc)
     running = None
@@ -252,7 +253,8 @@ def _export(pipe, out: Path, card: dict) -> None:
           f"train accuracy {results['train']['accuracy']:.3f}")
 
 
-def train_sd(cfg: PretrainConfig) -> None:
+def _build_sd(cfg: PretrainConfig):
+    """shapes-sd: (pipeline, trainable modules by name, loss function of a generator)."""
     from diffusers import StableDiffusionPipeline
 
     _, prompts = prepare_data(cfg)
@@ -279,14 +281,11 @@ def train_sd(cfg: PretrainConfig) -> None:
                                      "cpu", 1, False)
         return F.mse_loss(unet(x_t, t, cond).sample, eps)
 
-    modules = {"unet": unet, "text_encoder": text_encoder}
-    ema = _loop(cfg, cfg.work_dir / "shapes-sd", modules, loss_fn, "shapes-sd")
-    _load_ema_into(modules, ema)
-    if cfg.out:
-        _export(pipe, cfg.out, _card(cfg, "shapes-sd", "epsilon"))
+    return pipe, {"unet": unet, "text_encoder": text_encoder}, loss_fn
 
 
-def train_flow(cfg: PretrainConfig) -> None:
+def _build_flow(cfg: PretrainConfig):
+    """shapes-flow: (pipeline, trainable modules by name, loss function of a generator)."""
     from diffusers import StableDiffusion3Pipeline
 
     _, prompts = prepare_data(cfg)
@@ -320,10 +319,34 @@ def train_flow(cfg: PretrainConfig) -> None:
 
     modules = {"transformer": transformer, "text_encoder": te1, "text_encoder_2": te2,
                "text_encoder_3": te3}
-    ema = _loop(cfg, cfg.work_dir / "shapes-flow", modules, loss_fn, "shapes-flow")
+    return pipe, modules, loss_fn
+
+
+_DENOISERS = {"shapes-sd": (_build_sd, "epsilon"), "shapes-flow": (_build_flow, "velocity")}
+
+
+def train_denoiser(cfg: PretrainConfig) -> None:
+    build, prediction = _DENOISERS[cfg.model]
+    pipe, modules, loss_fn = build(cfg)
+    ema = _loop(cfg, cfg.work_dir / cfg.model, modules, loss_fn, cfg.model)
     _load_ema_into(modules, ema)
     if cfg.out:
-        _export(pipe, cfg.out, _card(cfg, "shapes-flow", "velocity"))
+        _export(pipe, cfg.out, _card(cfg, cfg.model, prediction))
+
+
+def export_checkpoint(cfg: PretrainConfig) -> None:
+    """Export the EMA weights of the latest checkpoint of a denoiser stage (for example of a
+    run still in progress), evaluate them and write the model card, without training."""
+    build, prediction = _DENOISERS[cfg.model]
+    ckpt = cfg.work_dir / cfg.model / "state.safetensors"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"no checkpoint at {ckpt}; run `ddrl pretrain {cfg.model}` first")
+    if cfg.out is None:
+        raise ValueError("export needs an output folder")
+    pipe, modules, _ = build(cfg)
+    state = load_file(str(ckpt))
+    _load_ema_into(modules, {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")})
+    _export(pipe, cfg.out, _card(cfg, cfg.model, prediction))
 
 
 def _card(cfg: PretrainConfig, name: str, prediction: str) -> dict:
@@ -334,7 +357,11 @@ def _card(cfg: PretrainConfig, name: str, prediction: str) -> dict:
             "world": "shapes", "steps": progress["step"],
             "train_seconds": round(progress["seconds"]),
             "vae_steps": vae_progress["step"], "vae_train_seconds": round(vae_progress["seconds"]),
-            "config": {k: str(v) for k, v in asdict(cfg).items() if k not in ("out", "work_dir")}}
+            "config": progress.get("config") or _config_record(cfg)}
+
+
+def _config_record(cfg: PretrainConfig) -> dict:
+    return {k: str(v) for k, v in asdict(cfg).items() if k not in ("out", "work_dir")}
 
 
 def pretrain(cfg: PretrainConfig) -> None:
@@ -342,4 +369,4 @@ def pretrain(cfg: PretrainConfig) -> None:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {MODELS}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    {"vae": train_vae, "shapes-sd": train_sd, "shapes-flow": train_flow}[cfg.model](cfg)
+    train_vae(cfg) if cfg.model == "vae" else train_denoiser(cfg)

@@ -92,11 +92,16 @@ def detect(image) -> tuple[Detection, ...]:
     hue, sat, val = _hsv(rgb)
     colored = (sat >= MIN_SATURATION) & (val >= MIN_VALUE)
     min_area = MIN_AREA_FRACTION * height * width
+    # Each pixel goes to its nearest colour prototype only, so an in-between hue is never
+    # counted as two objects.
+    protos = np.array(list(HUES.values()))
+    dist = np.abs((hue[..., None] - protos + 180.0) % 360.0 - 180.0)  # (H, W, colours)
+    nearest, near_dist = dist.argmin(-1), dist.min(-1)
+    colored &= near_dist <= HUE_TOLERANCE
     found = []
-    for name, proto in HUES.items():
-        dist = np.abs((hue - proto + 180.0) % 360.0 - 180.0)
+    for k, name in enumerate(HUES):
         # Opening drops one-pixel fringes (anti-aliased edges over texture) and speckle noise.
-        mask = ndimage.binary_opening(colored & (dist <= HUE_TOLERANCE), structure=_BLOCK)
+        mask = ndimage.binary_opening(colored & (nearest == k), structure=_BLOCK)
         labels, _ = ndimage.label(mask)
         for i, sl in enumerate(ndimage.find_objects(labels), start=1):
             mask = labels[sl] == i
