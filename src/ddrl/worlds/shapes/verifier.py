@@ -3,9 +3,10 @@
 Detection: a pixel belongs to a colour when it is saturated and bright enough and its hue lies
 within `HUE_TOLERANCE` degrees of that colour's prototype; the connected components of each
 colour's mask, above a minimum area, are the detected objects. A component's shape comes from
-three properties of its mask: how much of its bounding box it fills (square 1, circle pi/4,
-triangle 1/2), how much of it lies in the top half (an upright triangle holds 1/4 there), and
-how full the corners of its box are (only a square fills them).
+four properties of its mask: how much of its bounding box it fills (square 1, circle pi/4,
+triangle 1/2), how much of it lies in the top half (an upright triangle holds 1/4 there), how
+much narrower its top third is than its bottom third (only a triangle tapers), and how full
+the corners of its box are (only a square fills them).
 
 Scoring follows GenEval: a binary `correct` per prompt, plus a partial-credit `score` in [0, 1]
 that counts how many of the prompt's requirements hold, for a denser RL signal.
@@ -79,7 +80,10 @@ def _classify(mask: np.ndarray) -> str:
     cy, cx = max(h // 4, 1), max(w // 4, 1)
     corners = np.concatenate([mask[:cy, :cx].ravel(), mask[:cy, -cx:].ravel(),
                               mask[-cy:, :cx].ravel(), mask[-cy:, -cx:].ravel()]).mean()
-    if top < 0.40 and fill < 0.85:
+    widths = mask.sum(1)
+    third = max(h // 3, 1)
+    taper = widths[:third].mean() / max(widths[-third:].mean(), 1)  # ~0.3 triangle, ~1 otherwise
+    if (top < 0.40 or taper < 0.7) and fill < 0.85:
         return "triangle"
     if corners > 0.6 or fill > 0.9:
         return "square"
