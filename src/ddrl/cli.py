@@ -148,8 +148,8 @@ def cmd_evaluate(args) -> None:
 # and the number of steps the time budget allowed on a 2-core CPU.
 PRETRAIN_DEFAULTS = {
     "vae": {"steps": 2035, "lr": 1e-3, "batch_size": 32},
-    "shapes-sd": {"steps": 30000, "lr": 1e-3, "batch_size": 64},
-    "shapes-flow": {"steps": 30000, "lr": 1e-3, "batch_size": 64},
+    "shapes-sd": {"steps": 5000, "lr": 1e-3, "batch_size": 64},
+    "shapes-flow": {"steps": 8000, "lr": 1e-3, "batch_size": 64},
 }
 
 

@@ -55,6 +55,9 @@ def generate(policy: Policy, prompts: Sequence[str], seeds: Sequence[int], *, nu
         raise ValueError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     if num_steps < 1:
         raise ValueError(f"steps must be a positive integer, got {num_steps}")
+    if eta > 0 and policy.prediction != "epsilon":
+        raise ValueError(f"eta (DDIM stochasticity) applies to epsilon-prediction models; this "
+                         f"model predicts {policy.prediction}, so use eta 0")
     policy.encode(prompts)  # validates every prompt before any sampling work
     uncond1 = policy.encode([""])
     images = []
