@@ -81,3 +81,15 @@ def test_sample_writes_a_grid_and_scores(tmp_path, tiny_sd_folder, capsys):
 
     assert Image.open(out).size[0] > 2 * 48 * 3
     assert "overall" in capsys.readouterr().out
+
+
+def test_evaluate_reports_every_category(tmp_path, tiny_sd_folder, capsys):
+    out = tmp_path / "eval.json"
+    assert main(["evaluate", "--model", str(tiny_sd_folder), "--split", "heldout", "--per-prompt", "1",
+                 "--steps", "1", "--json", str(out)]) == 0
+    summary = json.loads(out.read_text())
+    from ddrl.worlds.shapes import CATEGORIES, split
+
+    assert {f"accuracy/{c}" for c in CATEGORIES} <= summary.keys()
+    assert summary["n"] == len(split("heldout"))
+    assert "overall" in capsys.readouterr().out

@@ -92,3 +92,30 @@ def test_unknown_missing_and_corrupt_models_give_one_line_errors(tiny_sd_folder,
     with pytest.raises(ModelError, match="could not load") as info:
         load_policy(str(broken))
     assert "\n" not in str(info.value)
+
+
+def test_v_prediction_models_sample_what_the_pipeline_samples(tiny_sd_folder, tmp_path):
+    """SD 2.x-style v-prediction: the adapter converts v to eps = sqrt(ab) v + sqrt(1 - ab) x_t,
+    after which the DDIM step must agree with the pipeline's own v-prediction DDIM step."""
+    import json
+    import shutil
+
+    folder = tmp_path / "tiny-v"
+    shutil.copytree(tiny_sd_folder, folder)
+    cfg_path = folder / "scheduler" / "scheduler_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(cfg | {"prediction_type": "v_prediction"}))
+    policy = load_policy(str(folder))
+    prompts, seeds = ["a yellow square", "four circles"], [8, 9]
+    ours = generate(policy, prompts, seeds, num_steps=4, guidance_scale=3.0, progress=False)
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompts, latents=_initial_latents(policy, seeds), num_inference_steps=4,
+                  guidance_scale=3.0, output_type="pt").images
+    assert_close(ours, theirs, rtol=0, atol=2e-5)
+
+
+def test_eta_is_refused_for_velocity_models(tiny_sd3_folder):
+    policy = load_policy(str(tiny_sd3_folder))
+    with pytest.raises(ValueError, match="eta"):
+        generate(policy, ["a circle"], [0], num_steps=2, eta=0.5, progress=False)
