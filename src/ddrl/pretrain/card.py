@@ -50,7 +50,8 @@ def write_card(folder: Path, results: dict[str, dict]) -> None:
         f"| {c} | {results['heldout'].get('accuracy/' + c, float('nan')):.3f} | "
         f"{results['train'].get('accuracy/' + c, float('nan')):.3f} |" for c in CATEGORIES)
     cfg = meta["config"]
-    minutes = (meta["train_seconds"] + meta["vae_train_seconds"]) / 60
+    shared = (" (one torch thread, while the other built-in model trained on the other core)"
+              if cfg.get("threads") == "1" else "")
     text = f"""---
 library_name: diffusers
 tags: [ddrl, shapes-world, text-to-image]
@@ -73,9 +74,9 @@ held-out split contains attribute combinations absent from it.
 ## Training
 `ddrl pretrain {name}` (after `ddrl pretrain vae`), seed {cfg['seed']}: AdamW lr {cfg['lr']}, batch
 {cfg['batch_size']}, {meta['steps']} steps, EMA {cfg['ema_decay']}, prompt dropout {cfg['cond_dropout']}
-for classifier-free guidance. VAE: {meta['vae_steps']} steps. Training time on a 2-core CPU:
-{minutes:.0f} minutes ({meta['vae_train_seconds'] / 60:.0f} VAE + {meta['train_seconds'] / 60:.0f}
-denoiser, the denoiser sharing the machine with the other built-in model). Weights: {_size_mb(folder):.1f} MB of safetensors.
+for classifier-free guidance; the VAE: {meta['vae_steps']} steps. Wall-clock training time on a
+2-core CPU: VAE {meta['vae_train_seconds'] / 60:.0f} minutes, denoiser {meta['train_seconds'] / 60:.0f} minutes{shared}.
+Weights: {_size_mb(folder):.1f} MB of safetensors.
 
 ## Verifier accuracy
 GenEval-style correctness judged by the shapes verifier, {EVAL_PER_PROMPT} images per prompt,

@@ -75,13 +75,19 @@ def clip_bpe(words: tuple[str, ...]) -> tuple[dict[str, int], list[str]]:
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
 
 
+def write_clip_vocab_files(folder: Path) -> None:
+    """vocab.json and merges.txt of the world's CLIP tokenizer. transformers 5 saves only
+    tokenizer.json; older versions' CLIPTokenizer needs these two files."""
+    vocab, merges = clip_bpe(vocabulary())
+    (Path(folder) / "vocab.json").write_text(json.dumps(vocab))
+    (Path(folder) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+
+
 def make_clip_tokenizer():
     from transformers import CLIPTokenizer
 
-    vocab, merges = clip_bpe(vocabulary())
     with tempfile.TemporaryDirectory() as d:
-        (Path(d) / "vocab.json").write_text(json.dumps(vocab))
-        (Path(d) / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+        write_clip_vocab_files(Path(d))
         return CLIPTokenizer(vocab=str(Path(d) / "vocab.json"), merges=str(Path(d) / "merges.txt"),
                              model_max_length=TEXT_MAX_LENGTH)
 

@@ -243,6 +243,9 @@ def _export(pipe, out: Path, card: dict) -> None:
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     pipe.save_pretrained(tmp, safe_serialization=True)
+    for name in ("tokenizer", "tokenizer_2"):
+        if (tmp / name).is_dir():
+            C.write_clip_vocab_files(tmp / name)
     (tmp / "ddrl.json").write_text(json.dumps(card, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
