@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ddrl.cli import quiet_libraries
 from ddrl.generate import generate
 from ddrl.models import load_policy
 from ddrl.worlds.shapes import split
@@ -27,6 +28,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["shapes-sd", "shapes-flow"])
     args = ap.parse_args()
+    quiet_libraries()
     prompts = (split("all") * 2)[: args.images]
     seeds = list(range(args.images))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.images} images, "

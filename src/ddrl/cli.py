@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -68,11 +69,14 @@ def _read_prompts(args) -> list[str]:
         if not prompts:
             raise ValueError(f"prompt file {path} is empty; expected one prompt per line")
     else:
-        from .worlds.shapes import split
+        from .worlds.shapes import CATEGORIES, category_of, split
 
-        pool = split(args.split)
-        n = min(args.num_prompts, len(pool))
-        prompts = random.Random(args.seed).sample(pool, n)
+        # Round-robin over the categories, so that a small grid shows all six.
+        rng = random.Random(args.seed)
+        pools = [rng.sample(q, len(q)) for c in CATEGORIES
+                 if (q := [p for p in split(args.split) if category_of(p) == c])]
+        order = [p for group in itertools.zip_longest(*pools) for p in group if p is not None]
+        prompts = order[:args.num_prompts]
     if any(not p for p in prompts):
         raise ValueError("empty prompt given; every prompt needs at least one word")
     return prompts
@@ -218,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Keep the terminal for ddrl's own progress: no per-component loading bars or notices."""
     import diffusers
     import transformers
@@ -231,7 +235,7 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:  # ModelError is a ValueError
