@@ -37,8 +37,10 @@ def main() -> None:
     for name in args.models:
         policy = load_policy(name)
         params = sum(p.numel() for p in policy.denoiser.parameters()) / 1e6
-        run = lambda: generate(policy, prompts, seeds, num_steps=args.steps,  # noqa: E731
-                               guidance_scale=args.guidance, batch_size=args.images, progress=False)
+        def run(policy=policy):
+            return generate(policy, prompts, seeds, num_steps=args.steps,
+                            guidance_scale=args.guidance, batch_size=args.images, progress=False)
+
         run()
         totals, decodes = [], []
         latents = torch.randn(args.images, *policy.latent_shape)

@@ -168,7 +168,7 @@ def cmd_pretrain(args) -> None:
         out = None if m == "vae" else Path(args.out or work / "export") / m
         d = PRETRAIN_DEFAULTS[m]
         cfg = PretrainConfig(model=m, work_dir=work, out=out, steps=args.steps or d["steps"],
-                             minutes=args.minutes if args.minutes is not None else 1e9,
+                             minutes=args.minutes if args.minutes is not None else float("inf"),
                              lr=d["lr"], batch_size=d["batch_size"], seed=args.seed,
                              threads=args.threads)
         export_checkpoint(cfg) if args.export_only else pretrain(cfg)

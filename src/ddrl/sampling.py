@@ -31,7 +31,7 @@ from torch import Tensor
 @dataclass(frozen=True)
 class Step:
     x_prev: Tensor  # (B, C, H, W) the next, less noisy latent
-    log_prob: Tensor  # (B,) Gaussian log-density of x_prev, averaged over the C*H*W dims
+    log_prob: Tensor  # (B,) Gaussian log-density of x_prev averaged over C*H*W; 0 if deterministic
     mean: Tensor  # (B, C, H, W)
     std: Tensor  # broadcastable to x_prev; 0 for a deterministic step
 
@@ -46,8 +46,6 @@ def gaussian_log_prob_per_dim(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
 
 def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_prev: Tensor | float,
               *, eta: float, noise: Tensor | None = None, x_prev: Tensor | None = None) -> Step:
-    if (noise is None) == (x_prev is None) and eta > 0:
-        raise ValueError("ddim_step needs exactly one of `noise` (to sample) or `x_prev` (to score)")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     x_t, eps = x_t.float(), eps.float()
@@ -56,9 +54,12 @@ def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_p
     x0_hat = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
     std = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).sqrt()
     mean = ab_prev.sqrt() * x0_hat + (1 - ab_prev - std**2).clamp(min=0).sqrt() * eps
-    if eta == 0:
-        out = mean if x_prev is None else x_prev.float()
-        return Step(out, torch.zeros(x_t.shape[0]), mean, torch.zeros(()))
+    if eta == 0:  # deterministic DDIM: no density, so nothing to score
+        if x_prev is not None:
+            raise ValueError("ddim_step with eta 0 is deterministic; there is no log-prob to score")
+        return Step(mean, torch.zeros(x_t.shape[0]), mean, torch.zeros(()))
+    if (noise is None) == (x_prev is None):
+        raise ValueError("ddim_step needs exactly one of `noise` (to sample) or `x_prev` (to score)")
     if x_prev is None:
         x_prev = mean + std * noise.float()
     return Step(x_prev.float(), gaussian_log_prob_per_dim(x_prev.float(), mean, std), mean, std)

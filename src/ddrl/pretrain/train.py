@@ -16,7 +16,6 @@ the exported weights are an exponential moving average.
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
@@ -42,12 +41,12 @@ class PretrainConfig:
     """where data, checkpoints and intermediate stages live"""
     out: Path | None = None
     """diffusers folder to export the finished model to"""
-    steps: int = 20000
-    """optimizer steps (the run also stops at `minutes`)"""
-    minutes: float = 45.0
-    """wall-clock budget of this stage, minutes"""
+    steps: int = 5000
+    """optimizer steps in all (a resumed stage continues to this count)"""
+    minutes: float = float("inf")
+    """stop once the stage has trained this long in all, minutes (then resume to continue)"""
     batch_size: int = 64
-    lr: float = 5e-4
+    lr: float = 1e-3
     ema_decay: float = 0.999
     cond_dropout: float = 0.1
     """probability of training on the empty prompt (for classifier-free guidance)"""
@@ -61,6 +60,12 @@ class PretrainConfig:
 def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None) -> None:
     tmp = path.with_suffix(".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
     os.replace(tmp, path)
 
 
@@ -156,12 +161,12 @@ def _loop(cfg: PretrainConfig, stage_dir: Path, modules: dict, loss_fn, desc: st
             info["losses"].append([step, running])
             info["step"] = step
             _save_state(ckpt, modules, ema, opt, step, gen)
-            info_path.write_text(json.dumps(info))
+            _write_json(info_path, info)
     bar.close()
     info["seconds"] = start_seconds + time.time() - start
     info["step"] = step
     _save_state(ckpt, modules, ema, opt, step, gen)
-    info_path.write_text(json.dumps(info))
+    _write_json(info_path, info)
     return ema
 
 
@@ -181,7 +186,7 @@ def train_vae(cfg: PretrainConfig) -> None:
     stage = cfg.work_dir / "vae"
 
     def loss_fn(gen):
-        idx = torch.randint(len(images), (min(cfg.batch_size, 32),), generator=gen)
+        idx = torch.randint(len(images), (cfg.batch_size,), generator=gen)
         x = _to_unit(images[idx])
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
