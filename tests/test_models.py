@@ -18,7 +18,6 @@ def _initial_latents(policy, seeds):
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
 def test_sd_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sd_folder, guidance):
     """Same starting latents, DDIM eta 0, CFG: ddrl's own loop equals StableDiffusionPipeline."""
-    policy = ddrl_images = None
     policy = load_policy(str(tiny_sd_folder))
     prompts, seeds = ["a red circle", "two squares"], [3, 4]
     ddrl_images = generate(policy, prompts, seeds, num_steps=6, guidance_scale=guidance, progress=False)

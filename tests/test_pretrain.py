@@ -60,3 +60,14 @@ def test_an_interrupted_stage_resumes_to_the_same_weights(tmp_path):
         b = _weights(tmp_path / f"b/{name}/state.safetensors")
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
+
+
+def test_a_corrupt_checkpoint_gives_a_one_line_error(tmp_path):
+    import pytest
+
+    cfg = PretrainConfig(model="vae", work_dir=tmp_path, steps=1, num_images=8, batch_size=2)
+    pretrain(cfg)
+    (tmp_path / "vae" / "state.safetensors").write_bytes(b"\x00" * 10)
+    with pytest.raises(ValueError, match="is unreadable .*delete it to restart") as info:
+        pretrain(dataclasses.replace(cfg, steps=2))
+    assert "\n" not in str(info.value)

@@ -162,8 +162,10 @@ def cmd_pretrain(args) -> None:
 
     work = Path(args.work_dir)
     models = ("vae", "shapes-sd", "shapes-flow") if args.model == "all" else (args.model,)
-    if args.export_only and "vae" in models:
-        raise ValueError("--export-only applies to shapes-sd and shapes-flow, not the VAE stage")
+    if args.export_only:
+        if args.model == "vae":
+            raise ValueError("--export-only applies to shapes-sd and shapes-flow, not the VAE stage")
+        models = tuple(m for m in models if m != "vae")
     for m in models:
         out = None if m == "vae" else Path(args.out or work / "export") / m
         d = PRETRAIN_DEFAULTS[m]
@@ -171,7 +173,10 @@ def cmd_pretrain(args) -> None:
                              minutes=args.minutes if args.minutes is not None else float("inf"),
                              lr=d["lr"], batch_size=d["batch_size"], seed=args.seed,
                              threads=args.threads)
-        export_checkpoint(cfg) if args.export_only else pretrain(cfg)
+        if args.export_only:
+            export_checkpoint(cfg)
+        else:
+            pretrain(cfg)
         if out:
             print(f"{m} exported to {out}")
 

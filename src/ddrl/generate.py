@@ -58,7 +58,7 @@ def generate(policy: Policy, prompts: Sequence[str], seeds: Sequence[int], *, nu
     if eta > 0 and policy.prediction != "epsilon":
         raise ValueError(f"eta (DDIM stochasticity) applies to epsilon-prediction models; this "
                          f"model predicts {policy.prediction}, so use eta 0")
-    policy.encode(prompts)  # validates every prompt before any sampling work
+    cond_all = policy.encode(prompts)  # also validates every prompt before any sampling work
     uncond1 = policy.encode([""])
     images = []
     starts = range(0, len(prompts), batch_size)
@@ -68,7 +68,7 @@ def generate(policy: Policy, prompts: Sequence[str], seeds: Sequence[int], *, nu
             p, s = list(prompts[i:i + batch_size]), seeds[i:i + batch_size]
             gens = [torch.Generator().manual_seed(int(x)) for x in s]
             x = _randn(policy.latent_shape, gens).to(policy.device)
-            cond = policy.encode(p)
+            cond = cond_all[i:i + batch_size]
             x = _denoise(policy, x, cond, uncond1.repeat(len(p)), gens, num_steps=num_steps,
                          guidance_scale=guidance_scale, eta=eta, on_step=lambda: bar.update(1))
             images.append(policy.decode(x).cpu())

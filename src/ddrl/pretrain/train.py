@@ -100,12 +100,21 @@ def _save_state(path: Path, modules: dict, ema: dict, opt, step: int, gen: torch
     _atomic_save(state, path, meta)
 
 
-def _load_state(path: Path, modules: dict, ema: dict, opt, gen: torch.Generator) -> int:
+def _read_checkpoint(path: Path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a checkpoint, or a one-line error naming the file."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as f:
-        meta = f.metadata()
-    state = load_file(str(path))
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        return load_file(str(path)), meta
+    except Exception as e:  # noqa: BLE001 - truncated or foreign file
+        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); "
+                         "delete it to restart this stage") from e
+
+
+def _load_state(path: Path, modules: dict, ema: dict, opt, gen: torch.Generator) -> int:
+    state, meta = _read_checkpoint(path)
     for n, m in modules.items():
         result = m.load_state_dict({k[len(f"model.{n}."):]: v for k, v in state.items()
                                     if k.startswith(f"model.{n}.")}, strict=False)
@@ -352,7 +361,7 @@ def export_checkpoint(cfg: PretrainConfig) -> None:
     if cfg.out is None:
         raise ValueError("export needs an output folder")
     pipe, modules, _ = build(cfg)
-    state = load_file(str(ckpt))
+    state, _ = _read_checkpoint(ckpt)
     _load_ema_into(modules, {k[len("ema."):]: v for k, v in state.items() if k.startswith("ema.")})
     _export(pipe, cfg.out, _card(cfg, cfg.model, prediction))
 
@@ -377,4 +386,7 @@ def pretrain(cfg: PretrainConfig) -> None:
         raise ValueError(f"unknown model {cfg.model!r}; expected one of {MODELS}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    train_vae(cfg) if cfg.model == "vae" else train_denoiser(cfg)
+    if cfg.model == "vae":
+        train_vae(cfg)
+    else:
+        train_denoiser(cfg)

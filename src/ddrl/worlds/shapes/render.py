@@ -80,7 +80,7 @@ def layout(spec: PromptSpec, rng: random.Random, size: int = IMAGE_SIZE) -> tupl
         wanted = [spec.objects[0]] * spec.count
     else:
         wanted = list(spec.objects)
-    # Unspecified colours are random; in counting all copies share no constraint.
+    # Unspecified colours are random, each copy of a counted shape on its own.
     colors = [o.color or rng.choice(COLORS) for o in wanted]
     lo, hi = (10.0, 15.0) if len(wanted) > 2 else (11.0, 18.0)
     for _ in range(1000):
