@@ -181,6 +181,113 @@ def cmd_pretrain(args) -> None:
             print(f"{m} exported to {out}")
 
 
+def _parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """`--train.clip-range 1e-4` or `--train.clip-range=1e-4` pairs."""
+    out, i = {}, 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or "." not in tok:
+            raise ValueError(f"unexpected argument {tok!r}; config overrides look like --train.learning-rate 1e-4")
+        key, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens):
+                raise ValueError(f"{tok} needs a value")
+            value = tokens[i + 1]
+            i += 1
+        out[key] = value
+        i += 1
+    return out
+
+
+def _config_from_args(args, overrides: dict[str, str]):
+    from .config import apply_overrides, load_yaml
+    from .presets import DEFAULT_PRESET, preset_config
+
+    source = args.preset or DEFAULT_PRESET
+    if source.endswith((".yaml", ".yml")):
+        if not Path(source).is_file():
+            raise ValueError(f"config file {source} does not exist")
+        from .config import Config
+
+        cfg, name = apply_overrides(Config(), load_yaml(source)), Path(source).stem
+    else:
+        cfg, name = preset_config(source), source
+    return apply_overrides(cfg, overrides), name
+
+
+def _resume_config(args, overrides: dict[str, str]):
+    """The saved config of a run folder; a preset/config/overrides given too must agree with it
+    (only run.epochs may change, to extend a run)."""
+    import dataclasses
+
+    from .config import Config, apply_overrides, flatten, load_yaml
+
+    run_dir = Path(args.resume)
+    if not (run_dir / "config.yaml").is_file():
+        raise ValueError(f"--resume {run_dir}: not a ddrl run folder (no config.yaml)")
+    saved = apply_overrides(Config(), load_yaml(run_dir / "config.yaml"))
+    if not args.preset and set(overrides) <= {"run.epochs"}:
+        return apply_overrides(saved, overrides), run_dir
+    given, _ = _config_from_args(args, overrides)
+    given = dataclasses.replace(given, run=dataclasses.replace(given.run, output_dir=saved.run.output_dir))
+    a, b = flatten(saved.to_dict()), flatten(given.to_dict())
+    diff = [f"{k}: {a[k]!r} in the run, {b[k]!r} given" for k in a if a[k] != b[k] and k != "run.epochs"]
+    if diff:
+        raise ValueError(f"--resume {run_dir} was started with another config: " + "; ".join(diff[:4]))
+    return given, run_dir
+
+
+def _print_sizes(cfg, name: str, run_dir: Path) -> None:
+    import os as _os
+
+    procs = int(_os.environ.get("WORLD_SIZE", "1"))
+    s, t = cfg.sample, cfg.train
+    print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
+          f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
+    print(f"  per epoch: {cfg.global_samples_per_epoch(procs)} samples ({procs} process(es) x {s.num_batches_per_epoch} "
+          f"batches x {s.batch_size}), {s.num_steps} steps each, {cfg.trained_timesteps} trained; "
+          f"{cfg.optimizer_steps_per_epoch} optimizer step(s) of {t.batch_size * t.gradient_accumulation_steps * procs} "
+          f"samples; {cfg.run.epochs} epochs")
+    if cfg.single_pass:
+        print("  every update is on-policy: training reuses the sampling pass (no second forward)")
+    print(f"  run folder: {run_dir}")
+
+
+def cmd_train(args) -> None:
+    from .config import apply_overrides, validate
+    from .train import train
+
+    overrides = _parse_overrides(args.overrides)
+    if args.resume:
+        cfg, run_dir = _resume_config(args, overrides)
+        name = run_dir.name
+    else:
+        cfg, name = _config_from_args(args, overrides)
+        run_dir = Path(cfg.run.output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        if (run_dir / "config.yaml").exists():
+            raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
+                             "or choose another --run.output-dir")
+        cfg = apply_overrides(cfg, {"run.output_dir": str(run_dir)})
+    validate(cfg)
+    _print_sizes(cfg, name, run_dir)
+    train(cfg, run_dir, resume=bool(args.resume))
+
+
+def cmd_rewards(args) -> None:
+    from .rewards import REWARDS
+
+    width = max(len(n) for n in REWARDS)
+    for name, spec in REWARDS.items():
+        print(f"{name:<{width}}  inputs: {spec.inputs:<28}  {spec.description}")
+
+
+def cmd_presets(args) -> None:
+    from .presets import DEFAULT_PRESET, PRESETS
+
+    for name, p in PRESETS.items():
+        print(f"{name}{' (default)' if name == DEFAULT_PRESET else ''}\n    {p.description}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ddrl", description="ddrl: reinforcement learning for "
                                      "diffusion and flow-matching models.")
@@ -224,6 +331,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("train", help="fine-tune a model with RL against a reward",
+                       description="Fine-tune with DDPO-IS, DDPO-SF or RWR. With no arguments: DDPO-IS on "
+                       "the built-in shapes-sd model with the shapes verifier reward (about 10 minutes on a "
+                       "laptop CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
+                       "`ddrl presets` lists the presets.")
+    p.add_argument("preset", nargs="?", help="a preset name or a config.yaml (default: shapes-alignment)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("presets", help="list the training presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("rewards", help="list the registered rewards")
+    p.add_argument("action", choices=("list",))
+    p.set_defaults(func=cmd_rewards)
     return parser
 
 
@@ -239,7 +362,25 @@ def quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["train"]:
+        # Overrides (--section.key value) are free-form, so they are split off before argparse
+        # sees the rest; otherwise a value could be taken for the positional preset.
+        known, overrides, i = [], [], 1
+        while i < len(argv):
+            tok = argv[i]
+            if tok.startswith("--") and "." in tok.split("=")[0]:
+                take = 1 if "=" in tok else 2
+                overrides += argv[i:i + take]
+                i += take
+            else:
+                known.append(tok)
+                i += 1
+        args = parser.parse_args(["train", *known])
+        args.overrides = overrides
+    else:
+        args = parser.parse_args(argv)
     quiet_libraries()
     try:
         args.func(args)

@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .models.policy import Policy, guided_prediction
-from .sampling import ddim_step, ddim_timesteps, flow_ode_step, flow_sigmas
+from .sampling import ddim_step, flow_ode_step, flow_sigmas
 
 
 def _randn(shape: tuple[int, ...], gens: Sequence[torch.Generator]) -> Tensor:
@@ -25,16 +25,12 @@ def _denoise(policy: Policy, x: Tensor, cond, uncond, gens, *, num_steps: int,
              guidance_scale: float, eta: float, on_step=lambda: None) -> Tensor:
     b, device = x.shape[0], x.device
     if policy.prediction == "epsilon":
-        ts = ddim_timesteps(num_steps, policy.num_train_timesteps, policy.steps_offset)
-        ratio = policy.num_train_timesteps // num_steps
-        ab = policy.alphas_cumprod
-        for t in ts.tolist():
-            prev = t - ratio
-            ab_prev = ab[prev] if prev >= 0 else torch.tensor(policy.final_alpha_cumprod)
+        sched = policy.schedule(num_steps)
+        for j, t in enumerate(sched.timesteps.tolist()):
             eps = guided_prediction(policy, x, torch.full((b,), t, device=device), cond, uncond,
                                     guidance_scale)
             noise = _randn(x.shape[1:], gens).to(device) if eta > 0 else None
-            x = ddim_step(x, eps, ab[t], ab_prev, eta=eta, noise=noise).x_prev
+            x = ddim_step(x, eps, sched.alpha_bar[j], sched.alpha_bar_prev[j], eta=eta, noise=noise).x_prev
             on_step()
         return x
     sigmas = flow_sigmas(num_steps, policy.shift, policy.num_train_timesteps)

@@ -11,6 +11,9 @@ Euler step of the rectified-flow ODE dx/dsigma = v (Liu et al. 2023; SD3):
 
     x_next = x_t + (sigma_next - sigma) * v
 
+v- and x0-prediction models convert to eps first (`eps_from_prediction`), so one DDIM step
+serves all three parameterisations.
+
 Notation: x_t the current latent, eps the predicted noise, v the predicted velocity, alpha_bar the
 DDPM cumulative product, sigma the flow time (1 = noise, 0 = data).
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -44,6 +48,23 @@ def gaussian_log_prob_per_dim(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     return lp.flatten(1).mean(1)
 
 
+def eps_from_prediction(pred: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float,
+                        prediction_type: str) -> Tensor:
+    """The noise eps implied by a network output, with x_t = sqrt(ab)*x0 + sqrt(1-ab)*eps.
+
+    epsilon: eps itself. v_prediction (Salimans & Ho 2022): v = sqrt(ab)*eps - sqrt(1-ab)*x0,
+    so eps = sqrt(ab)*v + sqrt(1-ab)*x_t. sample (x0): eps = (x_t - sqrt(ab)*x0) / sqrt(1-ab)."""
+    ab = torch.as_tensor(alpha_bar_t, dtype=torch.float32)
+    pred, x_t = pred.float(), x_t.float()
+    if prediction_type == "epsilon":
+        return pred
+    if prediction_type == "v_prediction":
+        return ab.sqrt() * pred + (1 - ab).sqrt() * x_t
+    if prediction_type == "sample":
+        return (x_t - ab.sqrt() * pred) / (1 - ab).sqrt()
+    raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
+
+
 def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_prev: Tensor | float,
               *, eta: float, noise: Tensor | None = None, x_prev: Tensor | None = None) -> Step:
     if eta < 0:
@@ -62,7 +83,10 @@ def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_p
         raise ValueError("ddim_step needs exactly one of `noise` (to sample) or `x_prev` (to score)")
     if x_prev is None:
         x_prev = mean + std * noise.float()
-    return Step(x_prev.float(), gaussian_log_prob_per_dim(x_prev.float(), mean, std), mean, std)
+    # The density is evaluated at the detached sample: log p_theta(x_prev) as a function of theta,
+    # the score-function gradient. (Through a reparameterised x_prev, (x_prev - mean) = std*z
+    # would not depend on theta at all.) x_prev itself keeps its graph for reward backprop.
+    return Step(x_prev.float(), gaussian_log_prob_per_dim(x_prev.detach().float(), mean, std), mean, std)
 
 
 def flow_ode_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
@@ -92,3 +116,61 @@ def flow_sigmas(num_steps: int, shift: float = 1.0, num_train_timesteps: int = 1
     sigma_min = shifted(torch.tensor(1.0 / num_train_timesteps, dtype=torch.float64))
     sigmas = shifted(torch.linspace(1.0, float(sigma_min), num_steps, dtype=torch.float64))
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
+
+
+@dataclass(frozen=True)
+class DDIMSchedule:
+    """The T sampling steps of DDIM as tensors, highest timestep first."""
+
+    timesteps: Tensor  # (T,) DDPM timesteps, long
+    alpha_bar: Tensor  # (T,) alpha_bar at each timestep
+    alpha_bar_prev: Tensor  # (T,) alpha_bar of the step each one moves to
+
+    def __len__(self) -> int:
+        return len(self.timesteps)
+
+
+def ddim_schedule(num_steps: int, alphas_cumprod: Tensor, final_alpha_cumprod: float,
+                  steps_offset: int = 1) -> DDIMSchedule:
+    n_train = len(alphas_cumprod)
+    ts = ddim_timesteps(num_steps, n_train, steps_offset)
+    prev = ts - n_train // num_steps
+    ab = alphas_cumprod.float()
+    ab_prev = torch.where(prev >= 0, ab[prev.clamp(min=0)], torch.tensor(float(final_alpha_cumprod)))
+    return DDIMSchedule(ts.long(), ab[ts], ab_prev)
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """One batch of DDIM rollouts: the states and actions of DDPO's denoising MDP."""
+
+    latents: Tensor  # (B, T+1, C, H, W) x_T ... x_0, detached
+    log_probs: Tensor  # (B, T) log p(x_{t-1} | x_t) per-dim mean; carries the graph if rolled out with grad
+    schedule: DDIMSchedule
+
+    @property
+    def final(self) -> Tensor:
+        return self.latents[:, -1]  # (B, C, H, W)
+
+
+def rollout(predict_eps: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: DDIMSchedule, *,
+            eta: float, noise: Callable[[], Tensor], on_step: Callable[[], None] = lambda: None) -> Trajectory:
+    """Run the DDIM sampler from x_T and record the trajectory.
+
+    `predict_eps(x_t, t)` returns eps for the batch (with guidance, if any, applied by the
+    caller); `noise()` returns the step noise z, shaped like x_t, from the caller's generators.
+    Under torch.no_grad the log-probs are plain numbers; with grad enabled each log-prob keeps
+    its graph to the network (x_t itself is always detached: the MDP's state is not a function
+    of the parameters being differentiated)."""
+    x = x_T.float()
+    latents, log_probs = [x], []
+    for j in range(len(schedule)):
+        t = schedule.timesteps[j].expand(x.shape[0]).to(x.device)
+        eps = predict_eps(x, t)
+        z = noise().to(x.device) if eta > 0 else None  # eta 0: deterministic, log-probs are 0
+        step = ddim_step(x, eps, schedule.alpha_bar[j], schedule.alpha_bar_prev[j], eta=eta, noise=z)
+        x = step.x_prev.detach()
+        latents.append(x)
+        log_probs.append(step.log_prob)
+        on_step()
+    return Trajectory(torch.stack(latents, 1), torch.stack(log_probs, 1), schedule)

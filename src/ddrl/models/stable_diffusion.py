@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..sampling import DDIMSchedule, ddim_schedule, eps_from_prediction
 from .policy import Cond, adapters_disabled
 
 
@@ -28,8 +29,8 @@ class StableDiffusionPolicy:
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.steps_offset = int(pipe.scheduler.config.get("steps_offset", 0))
         pred = pipe.scheduler.config.get("prediction_type", "epsilon")
-        if pred not in ("epsilon", "v_prediction"):
-            raise ValueError(f"unsupported prediction_type {pred!r}; expected epsilon or v_prediction")
+        if pred not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"unsupported prediction_type {pred!r}; expected epsilon, v_prediction or sample")
         self.scheduler_prediction = pred
         size = pipe.unet.config.sample_size
         self.latent_shape = (pipe.unet.config.in_channels, size, size)
@@ -45,12 +46,15 @@ class StableDiffusionPolicy:
         return Cond(embeds)
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        """eps at DDPM timestep t, whatever the UNet predicts (v- and x0-models are converted)."""
         out = self.denoiser(x_t.to(self.denoiser.dtype), t, cond.embeds).sample
-        if self.scheduler_prediction == "v_prediction":
-            # SD 2.x v-models: eps = sqrt(alpha_bar) * v + sqrt(1 - alpha_bar) * x_t
-            ab = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)
-            out = ab.sqrt() * out.float() + (1 - ab).sqrt() * x_t.float()
-        return out
+        if self.scheduler_prediction == "epsilon":
+            return out
+        ab = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)
+        return eps_from_prediction(out, x_t, ab, self.scheduler_prediction)
+
+    def schedule(self, num_steps: int) -> DDIMSchedule:
+        return ddim_schedule(num_steps, self.alphas_cumprod, self.final_alpha_cumprod, self.steps_offset)
 
     def decode(self, latents: Tensor) -> Tensor:
         x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample

@@ -1,0 +1,341 @@
+"""Typed, validated run configuration: frozen dataclasses, YAML files and dotted overrides.
+
+Sizes marked "per process" scale with the number of accelerate processes; derived global sizes
+are properties of `Config` and printed at the start of a run. Every problem is reported before
+any model is loaded, with the numbers involved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ALGORITHMS = ("ddpo-is", "ddpo-sf", "rwr")
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the key and the accepted values."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "shapes-sd"
+    """built-in model name, diffusers folder or hub id"""
+    lora: bool = True
+    """train a LoRA adapter (peft); false trains every weight of the denoiser"""
+    lora_rank: int = 4
+    lora_alpha: float = 4.0
+    """LoRA scale is lora_alpha / lora_rank"""
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    source: str = "shapes:train"
+    """training prompts: shapes:train|heldout|all, animals, or file:PATH (one prompt per line)"""
+    eval_source: str = "shapes:heldout"
+    """held-out prompts for the before/after evaluation (same syntax)"""
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    num_steps: int = 20
+    """denoising steps T of each rollout"""
+    eta: float = 1.0
+    """DDIM stochasticity in (0, 1]; 1 is DDPM-like (DDPO's setting)"""
+    guidance_scale: float = 5.0
+    """classifier-free guidance; 1 disables it"""
+    batch_size: int = 32
+    """images per sampling forward, per process"""
+    num_batches_per_epoch: int = 2
+    """sampling batches per epoch, per process"""
+    images_per_prompt: int = 1
+    """consecutive samples that share a prompt (1: every sample draws its own prompt, as DDPO)"""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    algorithm: str = "ddpo-is"
+    """ddpo-is (PPO clip), ddpo-sf (REINFORCE) or rwr (reward-weighted regression)"""
+    learning_rate: float | None = None
+    """AdamW learning rate; None uses the default for LoRA or full fine-tuning"""
+    batch_size: int = 16
+    """samples per training minibatch, per process"""
+    gradient_accumulation_steps: int = 1
+    """minibatches per optimizer step"""
+    num_inner_epochs: int = 1
+    """passes over each epoch's samples"""
+    timestep_fraction: float = 1.0
+    """fraction of each trajectory's steps trained on, drawn per sample"""
+    timesteps_per_forward: int = 1
+    """trained steps batched into one network forward (same update, different speed)"""
+    single_pass: bool = True
+    """when every update is on-policy, keep the sampling graph instead of a second forward"""
+    clip_range: float = 1e-4
+    """PPO clip range of the ratio (per-dim-mean log-probs)"""
+    adv_clip_max: float = 5.0
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-4
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    cfg: bool = True
+    """apply guidance when re-scoring steps in training, as at sampling (DDPO's default)"""
+    kl_coef: float = 0.0
+    """beta of the KL to the reference model (base model / LoRA off); 0 skips its forward"""
+    advantages: str = "per-prompt"
+    """per-prompt (DDPO's stat tracking) or batch"""
+    buffer_size: int = 16
+    """per-prompt FIFO length"""
+    min_count: int = 16
+    """rewards a prompt's buffer needs before its own statistics replace the batch's"""
+    rwr_beta: float = 5.0
+    """RWR inverse temperature of the exponential weights"""
+    rwr_percentile: float | None = None
+    """RWR-sparse: keep samples at or above this percentile of the batch (None: exponential)"""
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    name: str = "shapes-verifier"
+    """a registered reward (`ddrl rewards list`)"""
+    asynchronous: bool = True
+    """score a batch in a thread while the next batch samples"""
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    images_per_prompt: int = 2
+    """images per held-out prompt in the before/after evaluation"""
+    train_images_per_prompt: int = 1
+    """images per training prompt in the before/after evaluation"""
+    max_prompts: int = 0
+    """evaluate at most this many prompts of each split, spread over categories (0: all)"""
+    grid_every: int = 5
+    """epochs between fixed-seed sample grids (0: only before and after)"""
+    grid_size: int = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    epochs: int = 20
+    seed: int = 0
+    output_dir: str = ""
+    """run directory; empty: runs/<preset>-<date>"""
+    save_every: int = 1
+    """epochs between checkpoints (the last epoch is always saved)"""
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    """no, fp16 or bf16 (GPU), passed to accelerate"""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # ---- derived sizes (per process unless named global) ----
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.sample.batch_size * self.sample.num_batches_per_epoch
+
+    def global_samples_per_epoch(self, num_processes: int = 1) -> int:
+        return self.samples_per_epoch * num_processes
+
+    @property
+    def minibatches_per_epoch(self) -> int:
+        return self.samples_per_epoch // self.train.batch_size
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int:
+        return self.minibatches_per_epoch * self.train.num_inner_epochs // self.train.gradient_accumulation_steps
+
+    @property
+    def trained_timesteps(self) -> int:
+        return max(1, int(self.sample.num_steps * self.train.timestep_fraction))
+
+    @property
+    def learning_rate(self) -> float:
+        if self.train.learning_rate is not None:
+            return self.train.learning_rate
+        return DEFAULT_LR_LORA if self.model.lora else DEFAULT_LR_FULL
+
+    @property
+    def single_pass(self) -> bool:
+        """True when the update can reuse the sampling pass's graph: DDPO, one optimizer step per
+        epoch over all steps of every sample, re-scored exactly as sampled (so the ratio is 1)."""
+        t = self.train
+        return (t.single_pass and t.algorithm in ("ddpo-is", "ddpo-sf") and t.num_inner_epochs == 1
+                and self.optimizer_steps_per_epoch == 1 and t.timestep_fraction == 1.0
+                and t.kl_coef == 0 and (t.cfg or self.sample.guidance_scale == 1.0))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+DEFAULT_LR_LORA = 1e-3
+DEFAULT_LR_FULL = 1e-4
+
+
+def validate(cfg: Config) -> None:
+    s, t, m, r = cfg.sample, cfg.train, cfg.model, cfg.run
+    positive = {"sample.num_steps": s.num_steps, "sample.batch_size": s.batch_size,
+                "sample.num_batches_per_epoch": s.num_batches_per_epoch,
+                "sample.images_per_prompt": s.images_per_prompt, "train.batch_size": t.batch_size,
+                "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
+                "train.num_inner_epochs": t.num_inner_epochs, "train.timesteps_per_forward": t.timesteps_per_forward,
+                "train.buffer_size": t.buffer_size, "train.min_count": t.min_count,
+                "model.lora_rank": m.lora_rank, "run.epochs": r.epochs, "run.save_every": r.save_every,
+                "run.keep_checkpoints": r.keep_checkpoints, "eval.images_per_prompt": cfg.eval.images_per_prompt,
+                "eval.grid_size": cfg.eval.grid_size}
+    if cfg.eval.max_prompts < 0:
+        raise ConfigError(f"eval.max_prompts must be >= 0, got {cfg.eval.max_prompts}")
+    for k, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{k} must be a positive integer, got {v}")
+    if t.algorithm not in ALGORITHMS:
+        raise ConfigError(f"train.algorithm {t.algorithm!r} is unknown{_hint(t.algorithm, ALGORITHMS)}; "
+                          f"choose from {', '.join(ALGORITHMS)}")
+    if t.advantages not in ("per-prompt", "batch"):
+        raise ConfigError(f"train.advantages must be per-prompt or batch, got {t.advantages!r}")
+    if r.mixed_precision not in MIXED_PRECISION:
+        raise ConfigError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {r.mixed_precision!r}")
+    if not 0 <= s.eta <= 1 or (t.algorithm != "rwr" and s.eta == 0):
+        raise ConfigError(f"sample.eta must be in (0, 1] for {t.algorithm} (log-probs need a stochastic "
+                          f"sampler), got {s.eta}" if t.algorithm != "rwr" else f"sample.eta must be in [0, 1], got {s.eta}")
+    if s.guidance_scale < 1:
+        raise ConfigError(f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
+    if not 0 < t.timestep_fraction <= 1:
+        raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
+    for k in ("clip_range", "adv_clip_max", "max_grad_norm"):
+        if getattr(t, k) <= 0:
+            raise ConfigError(f"train.{k} must be > 0, got {getattr(t, k)}")
+    if t.kl_coef < 0 or t.weight_decay < 0:
+        raise ConfigError("train.kl_coef and train.weight_decay must be >= 0")
+    if t.learning_rate is not None and t.learning_rate <= 0:
+        raise ConfigError(f"train.learning_rate must be > 0, got {t.learning_rate}")
+    if t.rwr_percentile is not None and not 0 <= t.rwr_percentile < 100:
+        raise ConfigError(f"train.rwr_percentile must be in [0, 100), got {t.rwr_percentile}")
+    n = cfg.samples_per_epoch
+    if s.batch_size % s.images_per_prompt:
+        raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide "
+                          f"sample.batch_size ({s.batch_size})")
+    if n % t.batch_size:
+        raise ConfigError(f"train.batch_size ({t.batch_size}) must divide the samples per epoch per process: "
+                          f"sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
+                          f"{s.num_batches_per_epoch} = {n}")
+    if cfg.minibatches_per_epoch % t.gradient_accumulation_steps:
+        raise ConfigError(f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide "
+                          f"the minibatches per epoch: {n} samples / train.batch_size {t.batch_size} "
+                          f"= {cfg.minibatches_per_epoch}")
+    for k in ("source", "eval_source"):
+        _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k))
+
+
+def _check_prompt_source(key: str, src: str) -> None:
+    if src.startswith("file:"):
+        if not Path(src[5:]).is_file():
+            raise ConfigError(f"{key}: prompt file {src[5:]!r} does not exist")
+    elif src not in ("shapes:train", "shapes:heldout", "shapes:all", "animals"):
+        raise ConfigError(f"{key} {src!r} is not a prompt source; use shapes:train, shapes:heldout, "
+                          "shapes:all, animals or file:PATH")
+
+
+# ---------------------------------------------------------------- building from dicts and overrides
+
+def _hint(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _coerce(key: str, value: Any, typ) -> Any:
+    """A value from YAML or the command line, converted to the field's type."""
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        typ = next(a for a in args if a is not type(None))
+    try:
+        if typ is bool:
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("true", "1", "yes", "on"):
+                return True
+            if str(value).lower() in ("false", "0", "no", "off"):
+                return False
+            raise ValueError
+        if typ is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if typ is float:
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {getattr(typ, '__name__', typ)}, got {value!r}") from None
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in fields(Config)}
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """`{"train.clip_range": 1e-4, ...}` (hyphens or underscores) applied to `cfg`."""
+    sections = _sections()
+    changes: dict[str, dict[str, Any]] = {}
+    for raw_key, value in overrides.items():
+        key = raw_key.replace("-", "_")
+        section, _, name = key.partition(".")
+        if section not in sections or not name:
+            all_keys = [f"{s}.{f.name}" for s, c in sections.items() for f in fields(c)]
+            raise ConfigError(f"unknown config key {raw_key!r}{_hint(key, all_keys)}")
+        hints = typing.get_type_hints(sections[section])
+        if name not in hints:
+            raise ConfigError(f"unknown config key {raw_key!r}"
+                              f"{_hint(key, [f'{section}.{n}' for n in hints])}")
+        changes.setdefault(section, {})[name] = _coerce(raw_key, value, hints[name])
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **c) for s, c in changes.items()})
+
+
+def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in nested.items():
+        if isinstance(v, dict):
+            out |= flatten(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, sample, train, ...)")
+    return flatten(data)
+
+
+def dump_yaml(cfg: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,1 @@
+"""One file per algorithm's loss; each is a pure function of tensors."""

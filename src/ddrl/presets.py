@@ -1,0 +1,65 @@
+"""Named starting points for `ddrl train`. Each is a set of overrides of the `Config` defaults.
+
+The shapes-* presets run on this package's built-in model on a CPU. The sd15-* presets are the
+DDPO paper's settings for Stable Diffusion (Black et al. 2023; kvablack/ddpo-pytorch
+config/dgx.py), written for one GPU process; their global batch sizes assume `accelerate
+launch` on 8 GPUs. They are documented here and not run in ddrl's tests, which have no GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config, ConfigError, _hint, apply_overrides
+
+
+@dataclass(frozen=True)
+class Preset:
+    description: str
+    overrides: dict[str, Any]
+
+
+_SHAPES_COMMON = {"model.name": "shapes-sd", "prompts.source": "shapes:train",
+                  "prompts.eval_source": "shapes:heldout"}
+
+_SD15 = {"model.name": "CompVis/stable-diffusion-v1-4", "prompts.source": "animals",
+         "prompts.eval_source": "animals", "sample.num_steps": 50, "sample.eta": 1.0,
+         "sample.guidance_scale": 5.0, "sample.batch_size": 8, "sample.num_batches_per_epoch": 4,
+         "train.batch_size": 4, "train.gradient_accumulation_steps": 2, "train.learning_rate": 3e-4,
+         "train.clip_range": 1e-4, "train.buffer_size": 16, "train.min_count": 16,
+         "model.lora_rank": 4, "model.lora_alpha": 4.0, "run.epochs": 100,
+         "run.mixed_precision": "fp16", "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
+
+PRESETS: dict[str, Preset] = {
+    "shapes-alignment": Preset(
+        "DDPO-IS on shapes-sd, reward = verifier partial credit on the training prompts "
+        "(the default of `ddrl train`)",
+        _SHAPES_COMMON | {"reward.name": "shapes-verifier"}),
+    "shapes-alignment-sf": Preset(
+        "DDPO-SF (REINFORCE) on shapes-sd with the verifier reward",
+        _SHAPES_COMMON | {"reward.name": "shapes-verifier", "train.algorithm": "ddpo-sf"}),
+    "shapes-alignment-rwr": Preset(
+        "reward-weighted regression on shapes-sd with the verifier reward",
+        _SHAPES_COMMON | {"reward.name": "shapes-verifier", "train.algorithm": "rwr"}),
+    "shapes-compressibility": Preset(
+        "DDPO-IS on shapes-sd, reward = minus the JPEG size",
+        _SHAPES_COMMON | {"reward.name": "jpeg-compressibility", "train.advantages": "batch"}),
+    "shapes-incompressibility": Preset(
+        "DDPO-IS on shapes-sd, reward = the JPEG size",
+        _SHAPES_COMMON | {"reward.name": "jpeg-incompressibility", "train.advantages": "batch"}),
+    "sd15-compressibility": Preset(
+        "the DDPO paper's JPEG compressibility run on Stable Diffusion 1.4 (GPU; untested here)",
+        _SD15 | {"reward.name": "jpeg-compressibility"}),
+    "sd15-incompressibility": Preset(
+        "the DDPO paper's JPEG incompressibility run on Stable Diffusion 1.4 (GPU; untested here)",
+        _SD15 | {"reward.name": "jpeg-incompressibility"}),
+}
+
+DEFAULT_PRESET = "shapes-alignment"
+
+
+def preset_config(name: str) -> Config:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}{_hint(name, PRESETS)}; presets: {', '.join(PRESETS)}")
+    return apply_overrides(Config(), PRESETS[name].overrides)

@@ -1,0 +1,68 @@
+"""The reward interface every reward in ddrl implements, and the checks around it.
+
+A reward is called with a batch of images, their prompts and per-sample metadata and returns a
+`RewardOutput`: a float tensor of shape (B,) and optional per-sample details (lists of length B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+
+class RewardError(ValueError):
+    """A reward was given bad input or returned something unusable; the message names it."""
+
+
+@dataclass(frozen=True)
+class RewardOutput:
+    scores: Tensor  # (B,) float
+    details: dict[str, list[Any]] = field(default_factory=dict)  # each a list of length B
+
+
+class RewardFn(Protocol):
+    name: str
+    differentiable: bool
+    """True if scores carry gradients back to the images (for reward backpropagation)."""
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput: ...
+
+
+def check_images(name: str, images: Tensor) -> None:
+    if not torch.is_tensor(images) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
+        raise RewardError(f"reward {name!r}: expected images of shape (B, 3, H, W), got {shape}")
+    if not images.is_floating_point():
+        raise RewardError(f"reward {name!r}: expected float images in [0, 1], got dtype {images.dtype}")
+    if len(images) == 0:
+        raise RewardError(f"reward {name!r}: empty batch")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise RewardError(f"reward {name!r}: images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")
+
+
+def check_output(name: str, out: RewardOutput, batch: int) -> Tensor:
+    """The (B,) float32 scores, or a RewardError naming the reward."""
+    scores = out.scores if isinstance(out, RewardOutput) else None
+    if scores is None or not torch.is_tensor(scores):
+        raise RewardError(f"reward {name!r} returned {type(out).__name__}, expected RewardOutput")
+    if scores.shape != (batch,):
+        raise RewardError(f"reward {name!r} returned scores of shape {tuple(scores.shape)} for a batch of {batch}")
+    if not torch.isfinite(scores).all():
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        raise RewardError(f"reward {name!r} returned non-finite scores at batch positions {bad[:8]}")
+    return scores.detach().float().cpu()
+
+
+def score(reward: RewardFn, images: Tensor, prompts: Sequence[str], metadata: Sequence[dict] | None = None
+          ) -> tuple[Tensor, dict[str, list[Any]]]:
+    """Call a reward with its input and output checked."""
+    check_images(reward.name, images)
+    if len(prompts) != len(images):
+        raise RewardError(f"reward {reward.name!r}: {len(images)} images but {len(prompts)} prompts")
+    metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
+    out = reward(images, list(prompts), metadata)
+    return check_output(reward.name, out, len(images)), out.details

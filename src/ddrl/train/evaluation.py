@@ -1,0 +1,78 @@
+"""Fixed-seed evaluation and sample grids during a run.
+
+Evaluation samples with the training sampler (steps, eta, guidance) from fixed seeds, so the
+images before and after training start from the same noise. On shapes-world prompts it also
+reports the verifier's GenEval-style accuracy per category.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from ..evaluate import score_images
+from ..generate import generate
+from ..grid import image_grid
+from ..rewards import score
+
+EVAL_SEED = 1_000_000
+
+
+def _round_robin(prompts: list[str]) -> list[str]:
+    """Shapes prompts interleaved by category, so a small grid shows every category."""
+    from ..worlds.shapes import category_of
+
+    try:
+        cats = [category_of(p) for p in prompts]
+    except ValueError:
+        return prompts
+    pools = [[p for p, c in zip(prompts, cats) if c == k] for k in dict.fromkeys(cats)]
+    return [p for group in itertools.zip_longest(*pools) for p in group if p is not None]
+
+
+def _sample(tr, prompts: list[str], k: int, progress: bool):
+    c = tr.cfg.sample
+    ps = [p for p in prompts for _ in range(k)]
+    seeds = [EVAL_SEED + i for i in range(len(ps))]
+    images = generate(tr.policy, ps, seeds, num_steps=c.num_steps, guidance_scale=c.guidance_scale,
+                      eta=c.eta, batch_size=max(c.batch_size, 16), progress=progress)
+    return ps, images
+
+
+def evaluate(tr, tag: str) -> dict[str, dict[str, float]]:
+    out = {}
+    e = tr.cfg.eval
+    for split, prompts, k in (("heldout", _round_robin(tr.eval_prompts), e.images_per_prompt),
+                              ("train", _round_robin(tr.train_prompts), e.train_images_per_prompt)):
+        prompts = prompts[:e.max_prompts or None]
+        ps, images = _sample(tr, prompts, k, progress=True)
+        rewards, _ = score(tr.reward, images, ps)
+        out[split] = {"reward": float(rewards.mean())}
+        ev = score_images(images, ps)
+        if "accuracy" in (summary := ev.summary()):
+            out[split] |= {k: float(v) for k, v in summary.items()}
+        if split == "heldout":
+            _save_grid(tr, tag, images[:e.grid_size], ps[:e.grid_size], rewards[:e.grid_size], ev.correct[:e.grid_size])
+    return out
+
+
+def write_grid(tr, name: str) -> None:
+    """A grid of the same (prompt, seed) pairs as the first images of the held-out evaluation."""
+    prompts = _round_robin(tr.eval_prompts)
+    k, n = tr.cfg.eval.images_per_prompt, tr.cfg.eval.grid_size
+    needed = prompts[:-(-n // k)]
+    ps, images = _sample(tr, needed, k, progress=False)
+    ps, images = ps[:n], images[:n]
+    rewards, _ = score(tr.reward, images, ps)
+    _save_grid(tr, name, images, ps, rewards, score_images(images, ps).correct)
+
+
+def _save_grid(tr, name: str, images, prompts, rewards, correct) -> Path:
+    captions = [f"{p} ({float(r):.2f})" for p, r in zip(prompts, rewards)]
+    grid = image_grid(images, captions, correct=correct)
+    path = tr.run_dir / "grids" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp.png")
+    grid.save(tmp)
+    tmp.replace(path)
+    return path

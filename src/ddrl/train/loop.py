@@ -1,0 +1,378 @@
+"""The training loop shared by DDPO-SF, DDPO-IS and RWR:
+
+    sample (rollout, rewards scored in a thread as batches finish) -> gather rewards across
+    processes -> advantages (or RWR weights) -> algorithm update -> metrics, grids, checkpoint
+
+Every random draw is derived from (seed, epoch, purpose, global sample index), so a run gives
+the same samples whatever its batch sizes or number of processes, and a resumed run continues
+exactly where the checkpoint left it. Process p samples the slice of each global training
+minibatch that it will train on; gradients are averaged across processes before each step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import signal
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..advantages import batch_advantages, per_prompt_advantages
+from ..config import Config, dump_yaml
+from ..losses.rwr import rwr_sparse_weights, rwr_weights
+from ..models.policy import ModelError, guided_prediction
+from ..prompts import load_prompts
+from ..rewards import get_reward, score
+from ..sampling import rollout
+from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
+from .ddpo import ddpo_single_pass_update, ddpo_update
+from .evaluation import evaluate, write_grid
+from .metrics import MetricsLog, plot_reward_curve
+from .report import write_report
+from .rwr import rwr_update
+
+_PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
+
+
+@dataclass
+class Rollouts:
+    """One epoch's samples on this process, in global-index order."""
+
+    latents: Tensor  # (n, T+1, C, H, W)
+    log_probs: Tensor  # (n, T) as sampled, detached
+    prompt_ids: Tensor  # (n,) index into the training prompts
+    global_idx: Tensor  # (n,)
+    graph_log_probs: list[Tensor] = field(default_factory=list)  # single-pass only: (b, T) with graph
+
+
+class Trainer:
+    def __init__(self, cfg: Config, run_dir: Path, accelerator=None):
+        from accelerate import Accelerator
+
+        self.cfg, self.run_dir = cfg, run_dir
+        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.run.mixed_precision,
+                                                          cpu=not torch.cuda.is_available())
+        self.is_main = self.accelerator.is_main_process
+        self.reward = get_reward(cfg.reward.name)
+        self.train_prompts = load_prompts(cfg.prompts.source)
+        self.eval_prompts = load_prompts(cfg.prompts.eval_source)
+        from ..models.loading import load_policy
+
+        self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
+        if self.policy.prediction != "epsilon":
+            raise ModelError(f"{cfg.model.name!r} is a flow-matching (velocity) model; DDPO and RWR train "
+                             "DDIM diffusion models (epsilon, v or x0 prediction)")
+        self.schedule = self.policy.schedule(cfg.sample.num_steps)
+        with torch.no_grad():  # validates every prompt against the model before any work
+            self.cond_table = self.policy.encode(self.train_prompts)
+            self.uncond = self.policy.encode([""])
+        self.params = self._make_trainable()
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.train.weight_decay,
+                                           betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
+        self.prompt_buffers: dict[str, list[float]] = {}
+        self.epoch = 0
+        self._stop = False
+
+    # ------------------------------------------------------------------ setup
+    def _make_trainable(self) -> list[torch.nn.Parameter]:
+        net, m = self.policy.denoiser, self.cfg.model
+        if m.lora:
+            from peft import LoraConfig
+
+            lora = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights="gaussian",
+                              target_modules=self.policy.lora_target_modules())
+            with torch.random.fork_rng(devices=[]):  # LoRA A init is random: seed it, leave the global RNG alone
+                torch.manual_seed(self.cfg.run.seed)
+                net.add_adapter(lora)
+            self._frozen_reference = None
+        else:
+            self._frozen_reference = copy.deepcopy(net).requires_grad_(False) if self.cfg.train.kl_coef > 0 else None
+            net.requires_grad_(True)
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        if not params:
+            raise ModelError("no trainable parameters: LoRA found no target modules in the denoiser")
+        return params
+
+    @contextlib.contextmanager
+    def reference(self):
+        """The reference policy for the KL term: LoRA switched off, or a frozen copy of the
+        pretrained weights in full fine-tuning."""
+        if self._frozen_reference is None:
+            with self.policy.reference():
+                yield
+            return
+        trained = self.policy.denoiser
+        self.policy.denoiser = self._frozen_reference
+        try:
+            yield
+        finally:
+            self.policy.denoiser = trained
+
+    def trainable_state(self) -> dict[str, Tensor]:
+        return {n: p.detach() for n, p in self.policy.denoiser.named_parameters() if p.requires_grad}
+
+    def generator(self, *key: int, purpose: str = "train") -> torch.Generator:
+        ss = np.random.SeedSequence([self.cfg.run.seed, _PURPOSE[purpose], *[k + 1 for k in key]])
+        return torch.Generator().manual_seed(int(ss.generate_state(1, np.uint64)[0] >> 1))
+
+    # ------------------------------------------------------------------ sampling
+    def local_indices(self) -> Tensor:
+        """Global sample indices this process samples and trains on: its slice of every global
+        training minibatch (train.batch_size per process, consecutive)."""
+        cfg, p, world = self.cfg, self.accelerator.process_index, self.accelerator.num_processes
+        bs, n = cfg.train.batch_size, cfg.samples_per_epoch
+        return torch.tensor([k * bs * world + p * bs + j for k in range(n // bs) for j in range(bs)])
+
+    def prompt_ids(self, epoch: int, global_idx: Tensor) -> Tensor:
+        k = self.cfg.sample.images_per_prompt  # samples i with equal i // k share a prompt
+        return torch.tensor([int(torch.randint(len(self.train_prompts), (), generator=self.generator(
+            epoch, int(i) // k, purpose="prompt"))) for i in global_idx])
+
+    def collect(self, epoch: int, pool: ThreadPoolExecutor, bar) -> tuple[Rollouts, list[Future]]:
+        cfg, policy = self.cfg, self.policy
+        gidx = self.local_indices()
+        pids = self.prompt_ids(epoch, gidx)
+        single_pass = cfg.single_pass
+        latents, log_probs, graphs, futures = [], [], [], []
+        for start in range(0, len(gidx), cfg.sample.batch_size):
+            sl = slice(start, start + cfg.sample.batch_size)
+            gens = [self.generator(epoch, int(i), purpose="noise") for i in gidx[sl]]
+
+            def noise(gens=gens):
+                return torch.stack([torch.randn(policy.latent_shape, generator=g) for g in gens])
+
+            cond = self.cond_table[pids[sl]]
+            uncond = self.uncond.repeat(len(cond))
+            x_T = noise().to(self.accelerator.device)
+            with torch.set_grad_enabled(single_pass), self.accelerator.autocast():
+                traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
+                               x_T, self.schedule, eta=cfg.sample.eta, noise=noise, on_step=lambda: bar.update(1))
+            with torch.no_grad():
+                images = policy.decode(traj.final).cpu()
+            prompts = [self.train_prompts[i] for i in pids[sl]]
+            meta = [{"prompt_id": int(i)} for i in pids[sl]]
+            if cfg.reward.asynchronous:
+                futures.append(pool.submit(score, self.reward, images, prompts, meta))
+            else:
+                f: Future = Future()
+                f.set_result(score(self.reward, images, prompts, meta))
+                futures.append(f)
+            latents.append(traj.latents.cpu() if not single_pass else traj.latents)
+            log_probs.append(traj.log_probs.detach())
+            if single_pass:
+                graphs.append(traj.log_probs)
+        return Rollouts(torch.cat(latents), torch.cat(log_probs), pids, gidx, graphs), futures
+
+    # ------------------------------------------------------------------ one epoch
+    def optimizer_step(self) -> float:
+        if self.accelerator.num_processes > 1:  # average gradients across processes, one all-reduce
+            flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
+                              for p in self.params])
+            flat = self.accelerator.reduce(flat, reduction="mean")
+            offset = 0
+            for p in self.params:
+                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def run_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> dict[str, float]:
+        cfg, acc = self.cfg, self.accelerator
+        t0 = time.perf_counter()
+        with tqdm(total=cfg.sample.num_batches_per_epoch * cfg.sample.num_steps, unit="step", leave=False,
+                  desc=f"epoch {epoch + 1}/{cfg.run.epochs} sampling", disable=not self.is_main) as bar:
+            ro, futures = self.collect(epoch, pool, bar)
+        t1 = time.perf_counter()
+        results = [f.result() for f in futures]
+        rewards = torch.cat([r[0] for r in results])
+        t2 = time.perf_counter()
+        # Gather (index, prompt, reward) from all processes and order by global index, so every
+        # process computes the same advantages and buffers in the same order as one process would.
+        g_idx = acc.gather(ro.global_idx.to(acc.device)).cpu()
+        order = torch.argsort(g_idx)
+        g_rewards = acc.gather(rewards.to(acc.device)).cpu()[order]
+        g_pids = acc.gather(ro.prompt_ids.to(acc.device)).cpu()[order]
+        metrics = self._reward_metrics(g_rewards, g_pids, results)
+        local = ro.global_idx  # positions in the sorted global arrays, which are 0..N-1
+        if cfg.train.algorithm == "rwr":
+            w = (rwr_sparse_weights(g_rewards, cfg.train.rwr_percentile) if cfg.train.rwr_percentile is not None
+                 else rwr_weights(g_rewards, cfg.train.rwr_beta))
+            metrics |= self._update(rwr_update, ro, w[local], epoch)
+        else:
+            adv = self._advantages(g_rewards, g_pids, metrics)
+            adv = adv.clamp(-cfg.train.adv_clip_max, cfg.train.adv_clip_max)[local]
+            update = ddpo_single_pass_update if cfg.single_pass else ddpo_update
+            metrics |= self._update(update, ro, adv, epoch)
+        t3 = time.perf_counter()
+        n_global = len(g_rewards)
+        metrics |= {"perf/sample_s": t1 - t0, "perf/reward_s": t2 - t1, "perf/train_s": t3 - t2,
+                    "perf/epoch_s": t3 - t0, "perf/samples_per_s": n_global / (t3 - t0)}
+        return metrics
+
+    def _update(self, fn, ro, signal: Tensor, epoch: int) -> dict[str, float]:
+        signal = signal.to(self.accelerator.device)
+        ro.latents = ro.latents.to(self.accelerator.device)
+        return fn(self, ro, signal, epoch)
+
+    def _advantages(self, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
+        t = self.cfg.train
+        if t.advantages == "batch":
+            return batch_advantages(rewards)
+        prompts = [self.train_prompts[i] for i in pids]
+        adv, self.prompt_buffers = per_prompt_advantages(prompts, rewards, self.prompt_buffers,
+                                                         buffer_size=t.buffer_size, min_count=t.min_count)
+        unique = set(prompts)
+        metrics["prompts/unique"] = len(unique)
+        metrics["prompts/tracked_fraction"] = sum(len(self.prompt_buffers[p]) >= t.min_count for p in unique) / len(unique)
+        return adv
+
+    def _reward_metrics(self, rewards: Tensor, pids: Tensor, results) -> dict[str, float]:
+        name = self.cfg.reward.name
+        m = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
+             f"reward/{name}/mean": float(rewards.mean()), f"reward/{name}/std": float(rewards.std(unbiased=False))}
+        if all("correct" in r[1] for r in results):  # the verifier's binary verdict, this process's share
+            correct = torch.tensor([float(c) for r in results for c in r[1]["correct"]])
+            m["reward/accuracy"] = float(self.accelerator.gather(correct.to(self.accelerator.device)).mean())
+        # spread of rewards within prompts seen more than once this epoch
+        stds = [float(rewards[pids == p].std(unbiased=False)) for p in pids.unique() if (pids == p).sum() > 1]
+        if stds:
+            m["prompts/within_prompt_std"] = sum(stds) / len(stds)
+        return m
+
+    # ------------------------------------------------------------------ state
+    def save(self, epoch: int) -> None:
+        if self.is_main:
+            extra = {}
+            if self.cfg.model.lora:
+                extra["lora"] = lambda d: save_lora(self.policy, d)
+            save_checkpoint(self.run_dir / "checkpoints", epoch, self.trainable_state(), self.optimizer,
+                            {"prompt_buffers": self.prompt_buffers}, extra, keep=self.cfg.run.keep_checkpoints)
+        self.accelerator.wait_for_everyone()
+
+    def load(self, path: Path) -> None:
+        weights, opt_tensors, groups, state = load_checkpoint(path)
+        params = dict(self.policy.denoiser.named_parameters())
+        missing = [k for k in weights if k not in params]
+        if missing or len(weights) != len(self.params):
+            raise ValueError(f"checkpoint {path} does not match this model's trainable weights "
+                             f"({len(weights)} tensors saved, {len(self.params)} trainable; e.g. {missing[:2]})")
+        with torch.no_grad():
+            for k, v in weights.items():
+                params[k].copy_(v)
+        load_optimizer(self.optimizer, {k: v.to(self.accelerator.device) for k, v in opt_tensors.items()}, groups)
+        self.prompt_buffers = state["prompt_buffers"]
+        self.epoch = state["epoch"]
+
+    # ------------------------------------------------------------------ the run
+    def train(self, resume: bool = False) -> dict:
+        cfg, run_dir = self.cfg, self.run_dir
+        if resume and (ckpts := list_checkpoints(run_dir / "checkpoints")):
+            self.load(ckpts[-1])
+        if self.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+        log = MetricsLog(run_dir, self.epoch, tensorboard=self.is_main) if self.is_main else None
+        before = self._evaluate_once("before")
+        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        pool = ThreadPoolExecutor(max_workers=1)
+        try:
+            while self.epoch < cfg.run.epochs and not self._stop:
+                epoch = self.epoch
+                metrics = self.run_epoch(epoch, pool)
+                self.epoch = epoch + 1
+                if self.is_main:
+                    log.log(epoch, metrics)
+                    self._print(epoch, metrics)
+                if cfg.eval.grid_every and self.epoch % cfg.eval.grid_every == 0:
+                    self._grid(f"epoch_{self.epoch:04d}")
+                stop = self._stop_everywhere()
+                if self.epoch % cfg.run.save_every == 0 or self.epoch == cfg.run.epochs or stop:
+                    self.save(self.epoch)
+                self._stop = stop
+        finally:
+            signal.signal(signal.SIGINT, previous)
+            pool.shutdown(wait=False, cancel_futures=True)
+            if log is not None:
+                log.close()
+        if self._stop:
+            if self.is_main:
+                print(f"stopped after epoch {self.epoch}; checkpoint saved. Continue with: "
+                      f"ddrl train --resume {run_dir}")
+            return {}
+        after = self._evaluate_once("after")
+        if self.is_main:
+            self._finish(log.rows if log else [], before, after)
+        return {"before": before, "after": after}
+
+    def _on_interrupt(self, signum, frame) -> None:
+        if self._stop:  # second Ctrl-C: stop now; the last checkpoint is intact
+            raise KeyboardInterrupt
+        self._stop = True
+        if self.is_main:
+            print("\nCtrl-C: finishing this epoch and saving a checkpoint (Ctrl-C again to quit now)")
+
+    def _stop_everywhere(self) -> bool:
+        flag = torch.tensor([float(self._stop)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _evaluate_once(self, tag: str) -> dict:
+        """Held-out and training-prompt evaluation with fixed seeds, cached in the run folder so
+        a resumed run does not repeat it."""
+        import json
+
+        path = self.run_dir / f"eval_{tag}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        result = {}
+        if self.is_main:
+            result = evaluate(self, tag)
+            path.write_text(json.dumps(result, indent=1))
+        self.accelerator.wait_for_everyone()
+        return result if self.is_main else json.loads(path.read_text())
+
+    def _grid(self, name: str) -> None:
+        if self.is_main:
+            write_grid(self, name)
+        self.accelerator.wait_for_everyone()
+
+    def _print(self, epoch: int, m: dict) -> None:
+        acc = f"  accuracy {m['reward/accuracy']:.3f}" if "reward/accuracy" in m else ""
+        kl = f"  approx_kl {m['train/approx_kl']:.2e}  clipfrac {m['train/clipfrac']:.3f}" if "train/approx_kl" in m else ""
+        tqdm.write(f"epoch {epoch + 1:>3}/{self.cfg.run.epochs}  reward {m['reward/mean']:+.4f} "
+                   f"(std {m['reward/std']:.3f}){acc}{kl}  {m['perf/epoch_s']:.1f}s "
+                   f"[sample {m['perf/sample_s']:.1f} reward {m['perf/reward_s']:.1f} train {m['perf/train_s']:.1f}]")
+
+    def _finish(self, rows: list[dict], before: dict, after: dict) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
+        if cfg.model.lora:
+            save_lora(self.policy, run_dir / "lora")
+        key = "accuracy" if "accuracy" in before.get("heldout", {}) else "reward"
+        evals = {f"held-out {key} before": (0, before["heldout"][key]),
+                 f"held-out {key} after": (self.epoch, after["heldout"][key])}
+        plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)
+        notes = [f"{cfg.train.algorithm} on {cfg.model.name}, reward {cfg.reward.name}, {self.epoch} epochs "
+                 f"of {cfg.global_samples_per_epoch(self.accelerator.num_processes)} samples "
+                 f"({cfg.sample.num_steps} steps, eta {cfg.sample.eta}, guidance {cfg.sample.guidance_scale}).",
+                 "Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."]
+        report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes)
+        print(f"report: {report} (and report.html)")
+
+
+def save_lora(policy, folder: Path) -> None:
+    """The LoRA in the diffusers format `pipe.load_lora_weights(folder)` reads."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(policy.denoiser))
+    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)

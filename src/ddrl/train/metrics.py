@@ -1,0 +1,83 @@
+"""Run metrics: one JSON line per epoch (the record of truth), mirrored to TensorBoard, and a
+reward-curve PNG redrawn as the run goes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+
+class MetricsLog:
+    """`metrics.jsonl` in the run folder. On resume from epoch E, lines of epochs >= E (written
+    after the checkpoint a killed run resumes from) are dropped so the file equals an
+    uninterrupted run's."""
+
+    def __init__(self, run_dir: Path, start_epoch: int, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.rows = [r for r in read_metrics(self.path) if r["epoch"] < start_epoch]
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
+        os.replace(tmp, self.path)
+        self.tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is a dependency, but a broken install should not stop a run
+                pass
+            else:
+                self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_epoch)
+
+    def log(self, epoch: int, metrics: dict[str, float]) -> None:
+        row = {"epoch": epoch} | {k: float(v) for k, v in metrics.items()}
+        self.rows.append(row)
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in metrics.items():
+                if math.isfinite(float(v)):
+                    self.tb.add_scalar(k, float(v), epoch)
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_metrics(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+    return rows
+
+
+def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dict | None = None) -> None:
+    """Training reward mean +- std per epoch; held-out evaluation before/after as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+    if rows:
+        x = [r["epoch"] + 1 for r in rows]
+        m = [r["reward/mean"] for r in rows]
+        s = [r.get("reward/std", 0.0) for r in rows]
+        ax.plot(x, m, color="C0", label="training reward (mean over epoch samples)")
+        ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color="C0", alpha=0.15)
+    for label, (epoch, value), color in [(k, v, c) for (k, v), c in zip((evals or {}).items(), ("C1", "C2"))]:
+        ax.plot([epoch], [value], "o", color=color, label=label)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(reward_name)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

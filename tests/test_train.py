@@ -1,0 +1,212 @@
+"""The training loop end to end on tiny models: exact on-policy re-scoring, the single-pass
+update, resume after Ctrl-C or kill -9, LoRA export, and errors before any work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import torch
+
+from ddrl.config import Config, ConfigError, apply_overrides, validate
+from ddrl.rewards import REWARDS, RewardError, RewardOutput, RewardSpec
+from ddrl.train import train
+from ddrl.train.loop import Trainer
+
+
+def tiny_config(folder, **overrides) -> Config:
+    base = {"model.name": str(folder), "reward.name": "jpeg-compressibility", "train.advantages": "batch",
+            "sample.num_steps": 4, "sample.batch_size": 4, "sample.num_batches_per_epoch": 1,
+            "train.batch_size": 4, "run.epochs": 3, "eval.max_prompts": 2, "eval.images_per_prompt": 1,
+            "eval.grid_every": 0, "eval.grid_size": 2}
+    return apply_overrides(Config(), base | overrides)
+
+
+def _weights(tr: Trainer) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in tr.trainable_state().items()}
+
+
+def test_first_minibatch_rescoring_is_exactly_on_policy(tiny_sd_folder, tmp_path):
+    """Before any update, re-scoring the stored steps gives the sampled log-probs bit for bit,
+    so the PPO ratio is exactly 1 and nothing is clipped (training minibatch = sampling batch)."""
+    cfg = tiny_config(tiny_sd_folder, **{"sample.num_batches_per_epoch": 2})
+    assert not cfg.single_pass  # two optimizer steps per epoch: the recompute path
+    tr = Trainer(cfg, tmp_path)
+    first = {}
+    original = tr.optimizer_step
+
+    def step():
+        first.setdefault("params", _weights(tr))
+        return original()
+
+    tr.optimizer_step = step
+    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    assert m["train/logprob_gap"] == 0.0
+    assert m["train/clipfrac"] > 0  # the second minibatch is off-policy after the first step
+
+
+def test_single_pass_update_equals_the_recompute_update(tiny_sd_folder, tmp_path):
+    """With one optimizer step per epoch the update is on-policy, and keeping the sampling graph
+    must give the gradient of re-scoring every step (equal up to float reassociation)."""
+    grads = {}
+    for single in (True, False):
+        cfg = tiny_config(tiny_sd_folder, **{"train.single_pass": single, "reward.name": "jpeg-incompressibility"})
+        assert cfg.single_pass == single
+        tr = Trainer(cfg, tmp_path / str(single))
+
+        def capture(tr=tr, single=single):
+            grads[single] = [p.grad.clone() for p in tr.params]
+            tr.optimizer.zero_grad()
+            return 0.0
+
+        tr.optimizer_step = capture
+        tr.run_epoch(0, ThreadPoolExecutor(1))
+    scale = max(float(g.abs().max()) for g in grads[False])
+    assert scale > 0
+    for a, b in zip(grads[True], grads[False]):  # fp32 sums in another order: ~1e-7 relative noise
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def _final_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    last = sorted((run_dir / "checkpoints").glob("epoch_*"))[-1]
+    return load_file(str(last / "trainable.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_sd_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("uninterrupted")
+    cfg = tiny_config(tiny_sd_folder, **{"sample.images_per_prompt": 2, "train.advantages": "per-prompt",
+                                         "train.min_count": 2, "train.buffer_size": 4,
+                                         "run.output_dir": str(run)})
+    result = train(cfg, run)
+    return cfg, run, result
+
+
+def test_a_run_leaves_metrics_checkpoints_lora_grids_and_a_report(uninterrupted):
+    cfg, run, result = uninterrupted
+    rows = _rows(run)
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    for key in ("reward/mean", "reward/std", "reward/jpeg-compressibility/mean", "train/approx_kl",
+                "train/clipfrac", "train/loss", "train/logprob_gap", "prompts/unique"):
+        assert key in rows[0], key
+    assert (run / "config.yaml").is_file() and (run / "tensorboard").is_dir()
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["epoch_000002", "epoch_000003"]
+    assert (run / "checkpoints/epoch_000003/pytorch_lora_weights.safetensors").is_file()
+    for f in ("report.md", "report.html", "reward_curve.png", "grids/before.png", "grids/after.png",
+              "lora/pytorch_lora_weights.safetensors"):
+        assert (run / f).is_file(), f
+    assert set(result["before"]) == {"heldout", "train"}
+    assert "| heldout | reward |" in (run / "report.md").read_text()
+
+
+def test_lora_loads_into_the_diffusers_pipeline_and_reproduces_the_trained_unet(uninterrupted, tiny_sd_folder):
+    from diffusers import StableDiffusionPipeline
+
+    cfg, run, _ = uninterrupted
+    tr = Trainer(cfg, run)
+    tr.load(sorted((run / "checkpoints").glob("epoch_*"))[-1])
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
+    pipe.load_lora_weights(str(run / "lora"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 12, 12, generator=g)
+    t = torch.tensor([500, 20])
+    emb = tr.cond_table[:2].embeds
+    with torch.no_grad():
+        ours = tr.policy.denoiser(x, t, emb).sample
+        theirs = pipe.unet(x, t, emb).sample
+        base = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None).unet(x, t, emb).sample
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(base, ours, atol=1e-6)  # the LoRA changed the model
+
+
+def test_ctrl_c_checkpoints_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tiny_sd_folder, tmp_path,
+                                                                       monkeypatch):
+    """Ctrl-C during epoch 2 finishes it and saves; a half-written later checkpoint and a torn
+    metrics line (as kill -9 leaves them) are ignored; resuming gives the same weights and
+    metrics as the run that was never stopped."""
+    cfg, ref_run, _ = uninterrupted
+    calls = {"n": 0}
+    jpeg = REWARDS["jpeg-compressibility"].factory()
+
+    class Interrupting:
+        name, differentiable = "jpeg-compressibility", False
+
+        def __call__(self, images, prompts, metadata):
+            calls["n"] += "prompt_id" in metadata[0]  # training batches, not the evaluation
+            if calls["n"] == 2 and "prompt_id" in metadata[0]:  # during epoch 2's reward
+                os.kill(os.getpid(), signal.SIGINT)
+            return jpeg(images, prompts, metadata)
+
+    run = tmp_path / "run"
+    cfg_b = apply_overrides(cfg, {"run.output_dir": str(run), "reward.asynchronous": False})
+    monkeypatch.setitem(REWARDS, "jpeg-compressibility", RewardSpec(Interrupting, "images", "test"))
+    assert train(cfg_b, run) == {}
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_000001", "epoch_000002"]
+    (run / "checkpoints/.tmp_epoch_000003").mkdir()  # a write cut short
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "reward/me')
+    monkeypatch.setitem(REWARDS, "jpeg-compressibility", RewardSpec(lambda: jpeg, "images", "test"))
+    train(cfg_b, run, resume=True)
+    assert _rows(run) == _rows(ref_run)
+    ref, got = _final_weights(ref_run), _final_weights(run)
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_sd_folder, tmp_path):
+    """A real `kill -9` of `ddrl train` after its first checkpoint; `--resume` completes the run."""
+    run = tmp_path / "killed"
+    args = [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(tiny_sd_folder),
+            "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
+            "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", "40",
+            "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoints/epoch_000002").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "report.md").exists()
+    out = subprocess.run(args[:4] + ["--resume", str(run), "--run.epochs", "4"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert [r["epoch"] for r in _rows(run)] == [0, 1, 2, 3]
+    assert (run / "report.md").is_file()
+
+
+def test_bad_config_fails_before_any_work(tiny_sd_folder, tiny_sd3_folder, tmp_path):
+    with pytest.raises(ConfigError, match=r"did you mean 'train.clip_range'"):
+        apply_overrides(Config(), {"train.clip-rnge": 1})
+    with pytest.raises(ConfigError, match=r"train.batch_size \(5\) must divide .* = 64"):
+        validate(apply_overrides(Config(), {"train.batch_size": 5}))
+    with pytest.raises(ConfigError, match=r"gradient_accumulation_steps \(3\) must divide .* = 4"):
+        validate(apply_overrides(Config(), {"train.gradient_accumulation_steps": 3}))
+    with pytest.raises(ConfigError, match="expected int"):
+        apply_overrides(Config(), {"sample.num_steps": "ten"})
+    with pytest.raises(ValueError, match="flow-matching"):
+        Trainer(tiny_config(tiny_sd3_folder), tmp_path)
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):
+        Trainer(apply_overrides(tiny_config("shapes-sd"), {"prompts.source": "animals"}), tmp_path)
+
+
+def test_a_reward_returning_nan_stops_the_run_naming_it(tiny_sd_folder, tmp_path, monkeypatch):
+    class Broken:
+        name, differentiable = "broken", False
+
+        def __call__(self, images, prompts, metadata):
+            return RewardOutput(torch.full((len(images),), float("nan")))
+
+    monkeypatch.setitem(REWARDS, "broken", RewardSpec(Broken, "images", "test"))
+    with pytest.raises(RewardError, match="reward 'broken' returned non-finite scores"):
+        train(tiny_config(tiny_sd_folder, **{"reward.name": "broken", "run.output_dir": str(tmp_path)}), tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
