@@ -1,0 +1,63 @@
+"""Two CPU processes (gloo, launched with `accelerate launch`) give the update of one process
+with the same global batch: each process samples its slice of every global minibatch,
+advantages are computed on the gathered rewards, and gradients are averaged before each step."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _train_args(folder, run, **sizes) -> list[str]:
+    args = {"model.name": str(folder), "reward.name": "jpeg-incompressibility", "sample.num-steps": 4,
+            "sample.num-batches-per-epoch": 1, "sample.images-per-prompt": 2, "train.advantages": "per-prompt",
+            "train.min-count": 2, "train.buffer-size": 4, "run.epochs": 2, "eval.max-prompts": 1,
+            "eval.grid-every": 0, "run.output-dir": str(run)} | sizes
+    return ["train"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+
+
+def _result(run):
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    first = load_file(str(run / "checkpoints/epoch_000001/trainable.safetensors"))
+    return rows, first
+
+
+def test_two_processes_give_the_update_of_one(tiny_sd_folder, tmp_path):
+    # Global batch 8 samples per epoch, global minibatch 4: two optimizer steps per epoch. Both
+    # sample in batches of 4, so each image is computed by the same kernels, bit for bit.
+    one, two = tmp_path / "one", tmp_path / "two"
+    # one thread per process, as the launcher sets it, so kernels reduce in the same order
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "ddrl.cli", *_train_args(
+        tiny_sd_folder, one, **{"sample.batch-size": 4, "sample.num-batches-per-epoch": 2,
+                                 "train.batch-size": 4})], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(_free_port()), "-m", "ddrl.cli", *_train_args(
+                              tiny_sd_folder, two, **{"sample.batch-size": 4, "train.batch-size": 2})],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 process(es)" in out.stdout
+    rows1, w1 = _result(one)
+    rows2, w2 = _result(two)
+    # Epoch 1: the same samples, rewards and advantages, bit for bit ...
+    assert rows1[0]["reward/mean"] == rows2[0]["reward/mean"] and rows1[0]["reward/std"] == rows2[0]["reward/std"]
+    # ... and after its two optimizer steps the same weights, up to float summation order.
+    assert any(float(v.abs().max()) > 0 for k, v in w1.items() if "lora_B" in k)  # LoRA B starts at 0
+    scale = max(float(v.abs().max()) for v in w1.values())
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5 * scale)
+    # Epoch 2 starts from weights equal to ~1e-7, so its images (and JPEG sizes, in bytes) agree
+    # closely but not always exactly.
+    assert abs(rows1[1]["reward/mean"] - rows2[1]["reward/mean"]) < 1e-3 * abs(rows1[1]["reward/mean"])
