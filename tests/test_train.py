@@ -164,6 +164,17 @@ def test_ctrl_c_checkpoints_and_resume_reproduces_the_uninterrupted_run(uninterr
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+def test_resuming_with_another_config_is_refused(uninterrupted, capsys):
+    from ddrl.cli import main
+
+    _, run, _ = uninterrupted
+    assert main(["train", "--resume", str(run), "--train.learning-rate", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert "was started with another config: train.learning_rate: None in the run, 0.5 given" in err
+    assert main(["train", "--resume", str(run / "nothing")]) == 2
+    assert "not a ddrl run folder" in capsys.readouterr().err
+
+
 def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_sd_folder, tmp_path):
     """A real `kill -9` of `ddrl train` after its first checkpoint; `--resume` completes the run."""
     run = tmp_path / "killed"

@@ -226,10 +226,11 @@ def _resume_config(args, overrides: dict[str, str]):
     if not (run_dir / "config.yaml").is_file():
         raise ValueError(f"--resume {run_dir}: not a ddrl run folder (no config.yaml)")
     saved = apply_overrides(Config(), load_yaml(run_dir / "config.yaml"))
-    if not args.preset and set(overrides) <= {"run.epochs"}:
-        return apply_overrides(saved, overrides), run_dir
-    given, _ = _config_from_args(args, overrides)
-    given = dataclasses.replace(given, run=dataclasses.replace(given.run, output_dir=saved.run.output_dir))
+    if args.preset:
+        given, _ = _config_from_args(args, overrides)
+        given = dataclasses.replace(given, run=dataclasses.replace(given.run, output_dir=saved.run.output_dir))
+    else:
+        given = apply_overrides(saved, overrides)
     a, b = flatten(saved.to_dict()), flatten(given.to_dict())
     diff = [f"{k}: {a[k]!r} in the run, {b[k]!r} given" for k in a if a[k] != b[k] and k != "run.epochs"]
     if diff:

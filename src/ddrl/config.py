@@ -183,7 +183,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-DEFAULT_LR_LORA = 1e-3
+DEFAULT_LR_LORA = 3e-3
 DEFAULT_LR_FULL = 1e-4
 
 

@@ -52,7 +52,7 @@ def ddpo_update(tr, ro, adv: Tensor, epoch: int) -> dict[str, float]:
                 step = ddim_step(x_t, eps, ab, ab_prev, eta=cfg.sample.eta, x_prev=x_prev)
                 old = ro.log_probs[r, s]
                 if inner == 0 and mb == 0:  # before any update: the recompute gap of the sampler
-                    stats["train/logprob_gap"].append(float((step.log_prob - old).abs().max()))
+                    stats["train/logprob_gap"].append(float((step.log_prob.detach() - old).abs().max()))
                 terms, st = _loss(t.algorithm, step.log_prob, old, adv[r], t.clip_range)
                 if t.kl_coef > 0:
                     with torch.no_grad(), tr.reference(), tr.accelerator.autocast():

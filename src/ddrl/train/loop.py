@@ -283,7 +283,10 @@ class Trainer:
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))
         log = MetricsLog(run_dir, self.epoch, tensorboard=self.is_main) if self.is_main else None
         before = self._evaluate_once("before")
-        previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        try:
+            previous = signal.signal(signal.SIGINT, self._on_interrupt)
+        except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
+            previous = None
         pool = ThreadPoolExecutor(max_workers=1)
         try:
             while self.epoch < cfg.run.epochs and not self._stop:
@@ -300,7 +303,8 @@ class Trainer:
                     self.save(self.epoch)
                 self._stop = stop
         finally:
-            signal.signal(signal.SIGINT, previous)
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             pool.shutdown(wait=False, cancel_futures=True)
             if log is not None:
                 log.close()
