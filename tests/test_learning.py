@@ -1,29 +1,38 @@
-"""Short training runs on the built-in model raise their reward (fixed-seed evaluation before
-vs after, on prompts the run trained on and on held-out prompts)."""
+"""Short training runs on the built-in model raise their reward."""
+
+import statistics
 
 from ddrl.config import apply_overrides
 from ddrl.presets import preset_config
 from ddrl.train import train
+from ddrl.train.metrics import read_metrics
 
 
 def _short_compressibility_run(tmp_path, **overrides):
+    """30 epochs of 32 samples with 4 sampling steps: about 1.5 minutes on 2 CPU cores."""
     cfg = apply_overrides(preset_config("shapes-compressibility"), {
-        "sample.num_steps": 10, "sample.batch_size": 32, "sample.num_batches_per_epoch": 1,
-        "train.batch_size": 8, "run.epochs": 6, "eval.max_prompts": 12, "eval.images_per_prompt": 1,
+        "sample.num_steps": 4, "sample.batch_size": 32, "sample.num_batches_per_epoch": 1,
+        "train.batch_size": 32, "run.epochs": 30, "eval.max_prompts": 24, "eval.images_per_prompt": 1,
         "eval.grid_every": 0, "run.output_dir": str(tmp_path)} | overrides)
-    return train(cfg, tmp_path)
+    return train(cfg, tmp_path), read_metrics(tmp_path / "metrics.jsonl")
 
 
-def _assert_raised(result):
-    # rewards are minus the JPEG size in kB; the base model's images are about 1.6 kB
+def _assert_raised(result, rows):
+    """Rewards are minus the JPEG size in kB (the base model's images are about 1.55 kB). The mean
+    of an epoch's 32 fresh samples varies by about 0.03 kB from epoch to epoch, so the mean of
+    the last five epochs must beat the first five by more than 0.04 (about 2 standard errors of
+    the difference); the fixed-seed evaluation on training and held-out prompts must rise too."""
+    rewards = [r["reward/mean"] for r in rows]
+    first, last = statistics.mean(rewards[:5]), statistics.mean(rewards[-5:])
+    assert last > first + 0.04, rewards
     for split in ("train", "heldout"):
         before, after = result["before"][split]["reward"], result["after"][split]["reward"]
-        assert after > before + 0.05, (split, before, after)
+        assert after > before, (split, before, after)
 
 
 def test_ddpo_with_lora_at_its_default_learning_rate_raises_jpeg_compressibility(tmp_path):
-    _assert_raised(_short_compressibility_run(tmp_path))
+    _assert_raised(*_short_compressibility_run(tmp_path))
 
 
 def test_ddpo_full_fine_tuning_at_its_default_learning_rate_raises_jpeg_compressibility(tmp_path):
-    _assert_raised(_short_compressibility_run(tmp_path, **{"model.lora": False}))
+    _assert_raised(*_short_compressibility_run(tmp_path, **{"model.lora": False}))
