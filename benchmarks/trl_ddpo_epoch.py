@@ -70,14 +70,13 @@ def main():
     trainer._generate_samples = timed("sample", trainer._generate_samples)
     trainer._train_batched_samples = timed("train", trainer._train_batched_samples)
     rewards, epochs = [], []
-    original_compute = trainer.compute_rewards
 
-    def compute(*a, **k):
-        out = original_compute(*a, **k)
-        rewards.append(float(torch.cat(out[0]).mean()))
+    def reward_fn(images, prompts, metadata):
+        out = jpeg_compressibility(images, prompts, metadata)
+        rewards.append(float(out[0].mean()))
         return out
 
-    trainer.compute_rewards = compute
+    trainer.reward_fn = reward_fn
     global_step = 0
     for epoch in range(args.epochs):
         for k in times:
