@@ -22,7 +22,8 @@ def _train_args(folder, run, **sizes) -> list[str]:
     args = {"model.name": str(folder), "reward.name": "jpeg-incompressibility", "sample.num-steps": 4,
             "sample.num-batches-per-epoch": 1, "sample.images-per-prompt": 2, "train.advantages": "per-prompt",
             "train.min-count": 2, "train.buffer-size": 4, "run.epochs": 2, "eval.max-prompts": 1,
-            "eval.grid-every": 0, "run.output-dir": str(run)} | sizes
+            "eval.grid-every": 0, "train.adam-eps": 1.0, "train.learning-rate": 1.0,
+            "run.output-dir": str(run)} | sizes
     return ["train"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
@@ -53,11 +54,17 @@ def test_two_processes_give_the_update_of_one(tiny_sd_folder, tmp_path):
     rows2, w2 = _result(two)
     # Epoch 1: the same samples, rewards and advantages, bit for bit ...
     assert rows1[0]["reward/mean"] == rows2[0]["reward/mean"] and rows1[0]["reward/std"] == rows2[0]["reward/std"]
-    # ... and after its two optimizer steps the same weights, up to float summation order.
-    assert any(float(v.abs().max()) > 0 for k, v in w1.items() if "lora_B" in k)  # LoRA B starts at 0
-    scale = max(float(v.abs().max()) for v in w1.values())
-    for k in w1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-5 * scale)
-    # Epoch 2 starts from weights equal to ~1e-7, so its images (and JPEG sizes, in bytes) agree
+    # ... the same gradient norm (after averaging across processes; a sum instead of a mean
+    # would double it) ...
+    assert abs(rows1[0]["train/grad_norm"] - rows2[0]["train/grad_norm"]) < 1e-4 * rows1[0]["train/grad_norm"]
+    # ... and the same update. With adam_eps = 1, far above sqrt(v), AdamW's step is linear in
+    # the gradient (lr * m / (sqrt(v) + eps) ~ lr * m), so float noise in the gradients stays
+    # float noise in the weights. LoRA B starts at 0, so B is the update itself.
+    b1 = {k: v for k, v in w1.items() if "lora_B" in k}
+    scale = max(float(v.abs().max()) for v in b1.values())
+    assert scale > 0
+    for k in b1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4 * scale)
+    # Epoch 2 starts from weights equal up to float noise, so its images (and JPEG sizes) agree
     # closely but not always exactly.
     assert abs(rows1[1]["reward/mean"] - rows2[1]["reward/mean"]) < 1e-3 * abs(rows1[1]["reward/mean"])

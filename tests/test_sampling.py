@@ -8,8 +8,8 @@ from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from torch.testing import assert_close
 
 from ddrl.pretrain.components import make_ddim_scheduler
-from ddrl.sampling import (ddim_step, ddim_timesteps, flow_ode_step, flow_sigmas,
-                           gaussian_log_prob_per_dim)
+from ddrl.sampling import (ddim_schedule, ddim_step, ddim_timesteps, eps_from_prediction, flow_ode_step,
+                           flow_sigmas, gaussian_log_prob_per_dim, rollout)
 
 
 def _tensors(generator, shape=(3, 4, 6, 6)):
@@ -97,3 +97,38 @@ def test_schedules_reject_non_positive_step_counts(bad):
         ddim_timesteps(bad)
     with pytest.raises(ValueError, match="steps"):
         flow_sigmas(bad)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_ddim_step_for_eps_v_and_x0_models_matches_diffusers(generator, prediction_type):
+    """A v- or x0-prediction output converted to eps gives DDIMScheduler.step's sample."""
+    sched = DDIMScheduler.from_config(make_ddim_scheduler().config, prediction_type=prediction_type)
+    sched.set_timesteps(10)
+    x_t, out = _tensors(generator)
+    z = torch.randn(x_t.shape, generator=generator)
+    t = int(sched.timesteps[4])
+    ab_t, ab_prev = sched.alphas_cumprod[t], sched.alphas_cumprod[t - 100]
+    eps = eps_from_prediction(out, x_t, ab_t, prediction_type)
+    ours = ddim_step(x_t, eps, ab_t, ab_prev, eta=0.7, noise=z)
+    theirs = sched.step(out, t, x_t, eta=0.7, variance_noise=z).prev_sample
+    assert_close(ours.x_prev, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_rollout_records_a_trajectory_whose_steps_rescore_exactly(generator):
+    """A rollout with a fixed linear 'network' stores x_T..x_0 and per-step log-probs; scoring
+    each stored transition again gives the same log-prob bit for bit."""
+    ab = make_ddim_scheduler().alphas_cumprod
+    sched = ddim_schedule(5, ab, float(ab[0]))  # SD's set_alpha_to_one=False: the last step keeps std > 0
+
+    def predict(x, t):
+        return 0.5 * x + t.view(-1, 1, 1, 1) / 1000
+
+    x_T = torch.randn(3, 4, 2, 2, generator=generator)
+    traj = rollout(predict, x_T, sched, eta=1.0, noise=lambda: torch.randn(3, 4, 2, 2, generator=generator))
+    assert traj.latents.shape == (3, 6, 4, 2, 2) and traj.log_probs.shape == (3, 5)
+    assert torch.equal(traj.latents[:, 0], x_T) and torch.equal(traj.final, traj.latents[:, -1])
+    for j in range(5):
+        x_t, t = traj.latents[:, j], sched.timesteps[j].expand(3)
+        step = ddim_step(x_t, predict(x_t, t), sched.alpha_bar[j], sched.alpha_bar_prev[j], eta=1.0,
+                         x_prev=traj.latents[:, j + 1])
+        assert torch.equal(step.log_prob, traj.log_probs[:, j])
