@@ -208,3 +208,19 @@ def test_a_reward_returning_nan_stops_the_run_naming_it(tiny_sd_folder, tmp_path
     with pytest.raises(RewardError, match="reward 'broken' returned non-finite scores"):
         train(tiny_config(tiny_sd_folder, **{"reward.name": "broken", "run.output_dir": str(tmp_path)}), tmp_path)
     assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("extra", [{"train.algorithm": "rwr"},
+                                   {"train.algorithm": "rwr", "train.rwr_percentile": 50.0, "sample.eta": 0.0},
+                                   {"train.kl_coef": 0.1, "sample.num_batches_per_epoch": 2},
+                                   {"model.lora": False, "train.kl_coef": 0.1, "sample.num_batches_per_epoch": 2}])
+def test_rwr_and_kl_to_the_reference_update_the_model(tiny_sd_folder, tmp_path, extra):
+    cfg = tiny_config(tiny_sd_folder, **extra)
+    validate(cfg)
+    tr = Trainer(cfg, tmp_path)
+    before = {k: v.clone() for k, v in tr.trainable_state().items()}
+    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    assert torch.isfinite(torch.tensor(m["train/loss"]))
+    assert any(not torch.equal(before[k], v) for k, v in tr.trainable_state().items())
+    if "train.kl_coef" in extra:  # 0 on the first minibatch (policy = reference), > 0 after a step
+        assert m["train/kl_ref"] > 0

@@ -61,7 +61,7 @@ def ddpo_update(tr, ro, adv: Tensor, epoch: int) -> dict[str, float]:
                     mean_ref = ddim_step(x_t, eps_ref, ab, ab_prev, eta=cfg.sample.eta, x_prev=x_prev).mean
                     kl = gaussian_kl_same_std(step.mean, mean_ref, step.std)
                     terms = terms + t.kl_coef * kl
-                    stats["train/kl_ref"].append(float(kl.mean()))
+                    stats["train/kl_ref"].append(float(kl.detach().mean()))
                 (terms.sum() / (len(rows) * ga * k_train)).backward()
                 for key, v in st.items():
                     stats[f"train/{key}"].append(float(v))

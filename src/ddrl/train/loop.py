@@ -203,26 +203,15 @@ class Trainer:
         g_rewards = acc.gather(rewards.to(acc.device)).cpu()[order]
         g_pids = acc.gather(ro.prompt_ids.to(acc.device)).cpu()[order]
         metrics = self._reward_metrics(g_rewards, g_pids, results)
-        local = ro.global_idx  # positions in the sorted global arrays, which are 0..N-1
-        if cfg.train.algorithm == "rwr":
-            w = (rwr_sparse_weights(g_rewards, cfg.train.rwr_percentile) if cfg.train.rwr_percentile is not None
-                 else rwr_weights(g_rewards, cfg.train.rwr_beta))
-            metrics |= self._update(rwr_update, ro, w[local], epoch)
-        else:
-            adv = self._advantages(g_rewards, g_pids, metrics)
-            adv = adv.clamp(-cfg.train.adv_clip_max, cfg.train.adv_clip_max)[local]
-            update = ddpo_single_pass_update if cfg.single_pass else ddpo_update
-            metrics |= self._update(update, ro, adv, epoch)
+        signal_fn, update = UPDATES[cfg.train.algorithm]
+        per_sample = signal_fn(self, g_rewards, g_pids, metrics)[ro.global_idx]  # this process's samples
+        ro.latents = ro.latents.to(acc.device)
+        metrics |= update(self, ro, per_sample.to(acc.device), epoch)
         t3 = time.perf_counter()
         n_global = len(g_rewards)
         metrics |= {"perf/sample_s": t1 - t0, "perf/reward_s": t2 - t1, "perf/train_s": t3 - t2,
                     "perf/epoch_s": t3 - t0, "perf/samples_per_s": n_global / (t3 - t0)}
         return metrics
-
-    def _update(self, fn, ro, signal: Tensor, epoch: int) -> dict[str, float]:
-        signal = signal.to(self.accelerator.device)
-        ro.latents = ro.latents.to(self.accelerator.device)
-        return fn(self, ro, signal, epoch)
 
     def _advantages(self, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
         t = self.cfg.train
@@ -370,6 +359,25 @@ class Trainer:
                  "Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."]
         report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes)
         print(f"report: {report} (and report.html)")
+
+
+def _clipped_advantages(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
+    clip = tr.cfg.train.adv_clip_max
+    return tr._advantages(rewards, pids, metrics).clamp(-clip, clip)
+
+
+def _rwr_weights(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
+    t = tr.cfg.train
+    return rwr_sparse_weights(rewards, t.rwr_percentile) if t.rwr_percentile is not None else rwr_weights(rewards, t.rwr_beta)
+
+
+def _ddpo(tr: Trainer, ro: Rollouts, adv: Tensor, epoch: int) -> dict[str, float]:
+    return (ddpo_single_pass_update if tr.cfg.single_pass else ddpo_update)(tr, ro, adv, epoch)
+
+
+# algorithm -> (per-sample training signal from the gathered rewards, update)
+UPDATES = {"ddpo-is": (_clipped_advantages, _ddpo), "ddpo-sf": (_clipped_advantages, _ddpo),
+         "rwr": (_rwr_weights, rwr_update)}
 
 
 def save_lora(policy, folder: Path) -> None:

@@ -12,7 +12,7 @@ from ..losses.rwr import weighted_denoising_loss
 
 
 def rwr_update(tr, ro, weights: Tensor, epoch: int) -> dict[str, float]:
-    cfg, t = tr.cfg, tr.cfg.train
+    t = tr.cfg.train
     n = len(ro.latents)
     ga, bs = t.gradient_accumulation_steps, t.batch_size
     ab_all = tr.policy.alphas_cumprod
