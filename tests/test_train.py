@@ -224,3 +224,13 @@ def test_rwr_and_kl_to_the_reference_update_the_model(tiny_sd_folder, tmp_path, 
     assert any(not torch.equal(before[k], v) for k, v in tr.trainable_state().items())
     if "train.kl_coef" in extra:  # 0 on the first minibatch (policy = reference), > 0 after a step
         assert m["train/kl_ref"] > 0
+
+
+def test_every_preset_and_the_example_config_validate():
+    from ddrl.config import load_yaml
+    from ddrl.presets import PRESETS, preset_config
+
+    for name in PRESETS:
+        validate(preset_config(name))
+    example = Path(__file__).parents[1] / "examples/shapes-alignment.yaml"
+    assert apply_overrides(Config(), load_yaml(example)) == preset_config("shapes-alignment")
