@@ -8,7 +8,7 @@ import pytest
 
 from ddrl.cli import build_parser, main
 
-SUBCOMMANDS = ("sample", "evaluate", "pretrain")
+SUBCOMMANDS = ("sample", "evaluate", "pretrain", "train", "presets", "rewards")
 
 
 def test_every_subcommand_has_help(capsys):
