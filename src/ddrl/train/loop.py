@@ -349,9 +349,8 @@ class Trainer:
         cfg, run_dir = self.cfg, self.run_dir
         if cfg.model.lora:
             save_lora(self.policy, run_dir / "lora")
-        key = "accuracy" if "accuracy" in before.get("heldout", {}) else "reward"
-        evals = {f"held-out {key} before": (0, before["heldout"][key]),
-                 f"held-out {key} after": (self.epoch, after["heldout"][key])}
+        evals = {"held-out reward before (fixed seeds)": (0, before["heldout"]["reward"]),
+                 "held-out reward after (fixed seeds)": (self.epoch, after["heldout"]["reward"])}
         plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)
         notes = [f"{cfg.train.algorithm} on {cfg.model.name}, reward {cfg.reward.name}, {self.epoch} epochs "
                  f"of {cfg.global_samples_per_epoch(self.accelerator.num_processes)} samples "
