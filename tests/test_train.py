@@ -191,6 +191,11 @@ def test_bad_config_fails_before_any_work(tiny_sd_folder, tiny_sd3_folder, tmp_p
         validate(apply_overrides(Config(), {"train.gradient_accumulation_steps": 3}))
     with pytest.raises(ConfigError, match="expected int"):
         apply_overrides(Config(), {"sample.num_steps": "ten"})
+    with pytest.raises(ConfigError, match="eta must be > 0 for ddpo-is"):
+        validate(apply_overrides(Config(), {"sample.eta": 0}))
+    with pytest.raises(ValueError, match="scores shapes-world prompts only; 'cat' is not one"):
+        Trainer(tiny_config(tiny_sd_folder, **{"reward.name": "shapes-verifier", "prompts.source": "animals"}),
+                tmp_path)
     with pytest.raises(ValueError, match="flow-matching"):
         Trainer(tiny_config(tiny_sd3_folder), tmp_path)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):

@@ -210,9 +210,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.advantages must be per-prompt or batch, got {t.advantages!r}")
     if r.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {r.mixed_precision!r}")
-    if not 0 <= s.eta <= 1 or (t.algorithm != "rwr" and s.eta == 0):
-        raise ConfigError(f"sample.eta must be in (0, 1] for {t.algorithm} (log-probs need a stochastic "
-                          f"sampler), got {s.eta}" if t.algorithm != "rwr" else f"sample.eta must be in [0, 1], got {s.eta}")
+    if not 0 <= s.eta <= 1:
+        raise ConfigError(f"sample.eta must be in [0, 1], got {s.eta}")
+    if s.eta == 0 and t.algorithm != "rwr":
+        raise ConfigError(f"sample.eta must be > 0 for {t.algorithm}: its log-probs need a stochastic sampler")
     if s.guidance_scale < 1:
         raise ConfigError(f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
     if not 0 < t.timestep_fraction <= 1:

@@ -63,6 +63,15 @@ class Trainer:
         self.reward = get_reward(cfg.reward.name)
         self.train_prompts = load_prompts(cfg.prompts.source)
         self.eval_prompts = load_prompts(cfg.prompts.eval_source)
+        if cfg.reward.name.startswith("shapes-"):  # the verifier reads shapes-world prompts only
+            from ..worlds.shapes import parse_prompt
+
+            for p in dict.fromkeys(self.train_prompts + self.eval_prompts):
+                try:
+                    parse_prompt(p)
+                except ValueError:
+                    raise ValueError(f"reward {cfg.reward.name!r} scores shapes-world prompts only; "
+                                     f"{p!r} is not one (use prompts.source shapes:train)") from None
         from ..models.loading import load_policy
 
         self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
