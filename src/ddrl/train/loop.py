@@ -333,7 +333,12 @@ class Trainer:
         import json
 
         path = self.run_dir / f"eval_{tag}.json"
-        if path.exists():
+        # Every process looks before the main one can write, so all take the same branch (a
+        # process that saw the file and skipped the barrier below would deadlock the others).
+        self.accelerator.wait_for_everyone()
+        cached = path.exists()
+        self.accelerator.wait_for_everyone()
+        if cached:
             return json.loads(path.read_text())
         result = {}
         if self.is_main:
