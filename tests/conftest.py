@@ -49,3 +49,71 @@ def tiny_sd3_folder(tmp_path_factory):
 @pytest.fixture
 def generator():
     return torch.Generator().manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_folder(tmp_path_factory):
+    """A random-weight transformers CLIPModel with the shapes world's tokenizer and a CLIP image
+    processor (resize 32, centre-crop 32), saved as a folder as a hub repo would be."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from ddrl.pretrain import components as C
+
+    tok = C.make_clip_tokenizer()
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=C.TEXT_MAX_LENGTH,
+                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=16)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-clip")
+    CLIPModel(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    C.write_clip_vocab_files(path)  # transformers 5 omits vocab.json/merges.txt for this tokenizer
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def _bert_vocab(path):
+    from ddrl.worlds.shapes import vocabulary
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted(set(vocabulary()) | {
+        "the", "image", "contains", "this", "shows", "is", "does", "show", "yes", "no", "what", "going", "on",
+        "in", "answer", "concisely", "?", ".", ":", "1", "2"})
+    (path / "vocab.txt").write_text("\n".join(words) + "\n")
+    return path / "vocab.txt"
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_folder(tmp_path_factory):
+    """A random-weight BERT with a word-level vocabulary of the shapes world, for BERTScore."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tok = BertTokenizerFast(str(_bert_vocab(path)), model_max_length=64)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_blip_folder(tmp_path_factory):
+    """A random-weight BlipForImageTextRetrieval with a BERT tokenizer and a 32 px image processor."""
+    from transformers import BertTokenizerFast, BlipConfig, BlipForImageTextRetrieval, BlipImageProcessor
+
+    path = tmp_path_factory.mktemp("tiny-blip")
+    tok = BertTokenizerFast(str(_bert_vocab(path)), model_max_length=64)
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=64, encoder_hidden_size=32),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8), projection_dim=16)
+    torch.manual_seed(0)
+    BlipForImageTextRetrieval(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
+    return path

@@ -275,11 +275,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_rewards(args) -> None:
-    from .rewards import REWARDS
+    from .rewards import REWARDS, options_help
 
-    width = max(len(n) for n in REWARDS)
     for name, spec in REWARDS.items():
-        print(f"{name:<{width}}  inputs: {spec.inputs:<28}  {spec.description}")
+        extras = f"  [pip install ddrl[{spec.extras}]]" if spec.extras else ""
+        print(f"{name}\n    {spec.description}\n    inputs: {spec.inputs}; options: {options_help(name)}{extras}")
+    print("remote:URL\n    a `ddrl reward-server` at URL; options: timeout, retries, batch_size, format, token_env\n"
+          "\nCombine: 'pickscore + 0.5*aesthetic', or route by prompt metadata: "
+          "'route[task](geneval=shapes-verifier, *=pickscore)'.")
 
 
 def cmd_presets(args) -> None:

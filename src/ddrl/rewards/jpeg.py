@@ -26,6 +26,7 @@ def jpeg_size_kb(image: Tensor, quality: int = 95) -> float:
 
 class JpegReward:
     differentiable = False
+    device = "cpu"
 
     def __init__(self, sign: float, name: str, quality: int = 95):
         self.sign, self.name, self.quality = sign, name, quality

@@ -13,6 +13,7 @@ from .base import RewardError, RewardOutput
 
 class ShapesVerifierReward:
     differentiable = False
+    device = "cpu"
 
     def __init__(self, name: str, binary: bool):
         self.name, self.binary = name, binary

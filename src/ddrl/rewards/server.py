@@ -1,0 +1,175 @@
+"""`ddrl reward-server`: any registered reward over HTTP, so heavy or clashing reward stacks can run
+in their own environment, process, GPU or machine.
+
+    GET  /health  -> {"status": "ok", "reward": NAME, "max_batch": N, "max_bytes": M}
+    POST /score   <- application/x-npz: `images` (B, 3, H, W) float in [0, 1] or uint8,
+                     `prompts` (B,) str, optional `metadata` (a JSON list of B objects, as a str)
+                  <- application/json: {"images": [base64 PNG, ...], "prompts": [...], "metadata": [...]}
+                  -> {"scores": [B floats], "details": {...}}  or  {"error": message} with 4xx/5xx
+
+Requests are decoded with `numpy.load(allow_pickle=False)`, PIL and `json`: nothing a client sends
+is unpickled or executed. Bodies over `max_bytes` are refused before they are read. With a token
+(from an environment variable, so it stays out of `ps`), /score needs `Authorization: Bearer`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import io
+import ipaddress
+import json
+import math
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import torch
+
+from .base import RewardError, RewardFn, check_images, score
+
+NPZ, JSON = "application/x-npz", "application/json"
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def decode_npz(body: bytes) -> tuple[torch.Tensor, list[str], list[dict] | None]:
+    try:
+        with np.load(io.BytesIO(body), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 - any decoding failure is the client's
+        raise BadRequest(400, f"body is not a valid npz without pickled objects ({type(e).__name__}: {e})")
+    for key in ("images", "prompts"):
+        if key not in arrays:
+            raise BadRequest(400, f"npz lacks {key!r}; it has {sorted(arrays)}")
+    images, prompts = arrays["images"], arrays["prompts"]
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / 255
+    elif images.dtype.kind != "f":
+        raise BadRequest(400, f"images must be float in [0, 1] or uint8, got {images.dtype}")
+    if prompts.dtype.kind != "U" or prompts.ndim != 1:
+        raise BadRequest(400, "prompts must be a 1-D array of strings")
+    try:
+        metadata = json.loads(str(arrays["metadata"])) if "metadata" in arrays else None
+    except ValueError as e:
+        raise BadRequest(400, f"metadata is not JSON: {e}")
+    return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), prompts.tolist(), metadata
+
+
+def decode_json(body: bytes) -> tuple[torch.Tensor, list[str], list[dict] | None]:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        req = json.loads(body)
+        pngs = [Image.open(io.BytesIO(base64.b64decode(s, validate=True))) for s in req["images"]]
+        arrays = [np.asarray(im.convert("RGB")) for im in pngs]
+    except (ValueError, KeyError, TypeError, UnidentifiedImageError) as e:
+        raise BadRequest(400, f"expected JSON with base64 PNG 'images' and 'prompts' ({type(e).__name__}: {e})")
+    if not arrays:
+        raise BadRequest(400, "empty batch")
+    if len({a.shape for a in arrays}) > 1:
+        raise BadRequest(400, f"images differ in size: {sorted({a.shape for a in arrays})}")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    return images, req.get("prompts"), req.get("metadata")
+
+
+def _jsonable(details: dict) -> dict:
+    """The details that survive JSON (numbers, strings, booleans and None in lists)."""
+    ok = (int, float, str, bool, type(None))
+    return {k: v for k, v in details.items() if all(isinstance(x, ok) for x in v)}
+
+
+class RewardServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, reward: RewardFn, host: str = "127.0.0.1", port: int = 8100, token: str | None = None,
+                 max_bytes: int = 64 << 20, max_batch: int = 256, quiet: bool = False):
+        self.reward, self.token, self.max_bytes, self.max_batch, self.quiet = reward, token, max_bytes, max_batch, quiet
+        self.lock = threading.Lock()  # one batch at a time through the model
+        super().__init__((host, port), _Handler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: RewardServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        if not self.server.quiet:
+            super().log_message(fmt, *args)
+
+    def _send(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", JSON)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.rstrip("/") != "/health":
+            return self._send(404, {"error": f"no such endpoint {self.path}; use /health or POST /score"})
+        s = self.server
+        self._send(200, {"status": "ok", "reward": s.reward.name, "max_batch": s.max_batch, "max_bytes": s.max_bytes})
+
+    def do_POST(self):
+        try:
+            self._send(200, self._score())
+        except BadRequest as e:
+            self.close_connection = True  # the body may be unread
+            self._send(e.status, {"error": str(e)})
+        except RewardError as e:
+            self._send(400, {"error": str(e)})
+        except Exception as e:  # noqa: BLE001 - report, keep serving
+            self.log_error("scoring failed: %r", e)
+            self._send(500, {"error": f"the reward failed on the server: {type(e).__name__}: {e}"})
+
+    def _score(self) -> dict:
+        s = self.server
+        if self.path.rstrip("/") != "/score":
+            raise BadRequest(404, f"no such endpoint {self.path}; POST to /score")
+        if s.token is not None:
+            got = self.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Bearer {s.token}".encode()):
+                raise BadRequest(401, "missing or wrong bearer token")
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            raise BadRequest(411, "Content-Length is required")
+        if int(length) > s.max_bytes:
+            raise BadRequest(413, f"request of {int(length)} bytes is over this server's limit of {s.max_bytes}")
+        body = self.rfile.read(int(length))
+        kind = self.headers.get("Content-Type", "").split(";")[0].strip()
+        if kind not in (NPZ, JSON):
+            raise BadRequest(415, f"Content-Type must be {NPZ} or {JSON}, got {kind!r}")
+        images, prompts, metadata = (decode_npz if kind == NPZ else decode_json)(body)
+        if len(images) > s.max_batch:
+            raise BadRequest(413, f"batch of {len(images)} is over this server's limit of {s.max_batch}")
+        check_images(s.reward.name, images)
+        if not isinstance(prompts, list) or len(prompts) != len(images) or not all(isinstance(p, str) for p in prompts):
+            raise BadRequest(400, f"need one prompt string per image ({len(images)} images)")
+        if metadata is not None and (not isinstance(metadata, list) or len(metadata) != len(images)
+                                     or not all(isinstance(m, dict) for m in metadata)):
+            raise BadRequest(400, "metadata must be a list of one JSON object per image")
+        with s.lock, torch.no_grad():
+            scores, details = score(s.reward, images, prompts, metadata)
+        values = scores.tolist()
+        assert all(math.isfinite(v) for v in values)  # score() refuses non-finite scores
+        return {"scores": values, "details": _jsonable(details)}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,187 @@
+"""The model-based scorers on tiny random-weight models built from configs, each against its
+formula computed by hand from the model's own layers, plus batching and input checks."""
+
+import numpy as np
+import pytest
+import torch
+
+from ddrl.rewards import RewardError, get_reward, score
+from ddrl.rewards.hf import Preprocess
+
+PROMPTS = ["a red circle", "two blue squares", "a green triangle left of a yellow circle"]
+
+
+def _images(n=3, size=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # 8-bit values, so PIL-based processors see exactly the same pixels
+    return torch.randint(0, 256, (n, 3, size, size), generator=g).float() / 255
+
+
+def _hand_cosine(folder, images, prompts):
+    """cos(image_i, prompt_i) straight from CLIPModel's layers and CLIPImageProcessor."""
+    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+    model = CLIPModel.from_pretrained(folder).eval()
+    proc = CLIPImageProcessor.from_pretrained(folder)
+    tok = AutoTokenizer.from_pretrained(folder)
+    pix = torch.from_numpy(np.stack(proc([(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                                          for im in images], return_tensors="np")["pixel_values"]))
+    with torch.no_grad():
+        img = model.visual_projection(model.vision_model(pixel_values=pix).pooler_output)
+        t = tok(prompts, padding="max_length", truncation=True, max_length=16, return_tensors="pt")
+        txt = model.text_projection(model.text_model(input_ids=t.input_ids, attention_mask=t.attention_mask).pooler_output)
+    img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+    return (img * txt).sum(-1), model
+
+
+def test_preprocess_equals_the_clip_image_processor_without_resizing(tiny_clip_folder):
+    from transformers import CLIPImageProcessor
+
+    proc = CLIPImageProcessor.from_pretrained(tiny_clip_folder)
+    images = _images(2, size=32)
+    ref = proc([(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8) for im in images],
+               return_tensors="np")["pixel_values"]
+    torch.testing.assert_close(Preprocess(proc)(images), torch.from_numpy(np.stack(ref)), atol=1e-5, rtol=0)
+
+
+def test_preprocess_resizes_and_crops_like_the_processor(tiny_clip_folder):
+    """Resizing differs only by the resampling kernels (torch's antialiased bicubic vs PIL's), so
+    the shapes match exactly and the values agree to a small fraction of the normalised range."""
+    from transformers import CLIPImageProcessor
+
+    proc = CLIPImageProcessor.from_pretrained(tiny_clip_folder)
+    smooth = torch.nn.functional.avg_pool2d(_images(2, size=48), 3, 1, 1)  # natural-image-like, not noise
+    smooth = (smooth * 255).round() / 255
+    wide = torch.cat([smooth, smooth[..., :16]], -1)  # 48 x 64: resize to 32 x 42, crop 32 x 32
+    ref = torch.from_numpy(np.stack(proc([(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                                          for im in wide], return_tensors="np")["pixel_values"]))
+    ours = Preprocess(proc)(wide)
+    assert ours.shape == ref.shape == (2, 3, 32, 32)
+    assert (ours - ref).abs().mean() < 0.02  # values span about [-1.8, 2.1]
+
+
+def test_clipscore_is_2_5_times_the_clamped_cosine(tiny_clip_folder):
+    images = _images(size=32)
+    cos, _ = _hand_cosine(tiny_clip_folder, images, PROMPTS)
+    reward = get_reward(f"clipscore(model={tiny_clip_folder}, batch_size=2)")
+    scores, details = score(reward, images, PROMPTS)
+    torch.testing.assert_close(scores, 2.5 * cos.clamp(min=0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.tensor(details["cosine"]), cos, atol=1e-5, rtol=0)
+
+
+def test_pickscore_scales_the_cosine_by_the_learned_temperature(tiny_clip_folder):
+    images = _images(size=32)
+    cos, model = _hand_cosine(tiny_clip_folder, images, PROMPTS)
+    reward = get_reward(f"pickscore(model={tiny_clip_folder}, processor={tiny_clip_folder})")
+    scores, _ = score(reward, images, PROMPTS)
+    torch.testing.assert_close(scores, model.logit_scale.exp() * cos, atol=1e-4, rtol=0)
+
+
+def test_hpsv2_is_the_cosine_and_needs_a_model_path(tiny_clip_folder):
+    with pytest.raises(RewardError, match="needs model=PATH"):
+        get_reward("hpsv2")
+    images = _images(size=32)
+    cos, _ = _hand_cosine(tiny_clip_folder, images, PROMPTS)
+    scores, _ = score(get_reward(f"hpsv2(model={tiny_clip_folder}, processor={tiny_clip_folder})"), images, PROMPTS)
+    torch.testing.assert_close(scores, cos, atol=1e-5, rtol=0)
+
+
+def test_batching_and_pairing_do_not_change_scores(tiny_clip_folder):
+    """Each image is scored against its own prompt, whatever the internal batch size (the bug
+    where 2x2 inputs gave 4 scores is the kind this catches)."""
+    images = _images(5, size=36)
+    prompts = PROMPTS + ["a circle", "three squares"]
+    one = score(get_reward(f"clipscore(model={tiny_clip_folder}, batch_size=1)"), images, prompts)[0]
+    big = score(get_reward(f"clipscore(model={tiny_clip_folder}, batch_size=4)"), images, prompts)[0]
+    torch.testing.assert_close(one, big, atol=1e-5, rtol=0)
+    perm = [3, 1, 4, 0, 2]
+    swapped = score(get_reward(f"clipscore(model={tiny_clip_folder}, batch_size=4)"), images[perm],
+                    [prompts[i] for i in perm])[0]
+    torch.testing.assert_close(swapped, one[perm], atol=1e-5, rtol=0)
+
+
+def test_pil_images_score_like_tensors(tiny_clip_folder):
+    from ddrl.grid import to_pil
+
+    images = _images(size=32)
+    reward = get_reward(f"clipscore(model={tiny_clip_folder})")
+    torch.testing.assert_close(score(reward, to_pil(images), PROMPTS)[0], score(reward, images, PROMPTS)[0],
+                               atol=1e-6, rtol=0)
+
+
+def test_aesthetic_is_the_hand_written_affine_map_of_the_normalised_embedding(tiny_clip_folder, tmp_path):
+    """The LAION MLP has no nonlinearity: s = W5 (W4 (W3 (W2 (W1 e + b1) + b2) + b3) + b4) + b5
+    with e the L2-normalised projected CLIP image embedding. Weights load from .safetensors and
+    from a tensors-only .pth alike, under the released layer names."""
+    from safetensors.torch import save_file
+
+    from ddrl.rewards.aesthetic import AestheticMLP
+
+    torch.manual_seed(1)
+    sd = AestheticMLP(16).state_dict()
+    assert sorted({k.split(".")[1] for k in sd}) == ["0", "2", "4", "6", "7"]
+    save_file(sd, tmp_path / "head.safetensors")
+    torch.save(sd, tmp_path / "head.pth")
+    images = _images(size=32)
+    _, model = _hand_cosine(tiny_clip_folder, images, PROMPTS)
+    with torch.no_grad():
+        e = model.visual_projection(model.vision_model(pixel_values=Preprocess(
+            __import__("transformers").CLIPImageProcessor.from_pretrained(tiny_clip_folder))(images)).pooler_output)
+    x = e / e.norm(dim=-1, keepdim=True)
+    for i in ("0", "2", "4", "6", "7"):
+        x = x @ sd[f"layers.{i}.weight"].T + sd[f"layers.{i}.bias"]
+    for head in ("head.safetensors", "head.pth"):
+        reward = get_reward(f"aesthetic(model={tiny_clip_folder}, head={tmp_path / head})")
+        torch.testing.assert_close(score(reward, images, PROMPTS)[0], x.squeeze(-1), atol=1e-5, rtol=0)
+
+
+def test_a_wrong_head_file_is_a_clear_error(tiny_clip_folder, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file({"weight": torch.zeros(3)}, tmp_path / "bad.safetensors")
+    with pytest.raises(RewardError, match="not a AestheticMLP state dict"):
+        get_reward(f"aesthetic(model={tiny_clip_folder}, head={tmp_path / 'bad.safetensors'})")
+
+
+def test_clip_rewards_are_differentiable_in_the_images(tiny_clip_folder, tmp_path):
+    images = _images(2, size=32).requires_grad_(True)
+    # not clipscore: its clamp at 0 zeroes the gradient wherever a random model's cosine is negative
+    reward = get_reward(f"hpsv2(model={tiny_clip_folder}, processor={tiny_clip_folder})")
+    assert reward.differentiable
+    out = reward(images, PROMPTS[:2], [{}, {}])
+    out.scores.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_imagereward_is_the_standardised_mlp_of_the_cross_attended_first_token(tiny_blip_folder, tmp_path):
+    from safetensors.torch import save_file
+    from transformers import AutoTokenizer, BlipForImageTextRetrieval
+
+    from ddrl.rewards.aesthetic import AestheticMLP
+    from ddrl.rewards.imagereward import REWARD_MEAN, REWARD_STD
+
+    torch.manual_seed(2)
+    head = AestheticMLP(32)
+    save_file(head.state_dict(), tmp_path / "ir_head.safetensors")
+    images = _images(size=32)
+    blip = BlipForImageTextRetrieval.from_pretrained(tiny_blip_folder).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_blip_folder)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        patches = blip.vision_model(pixel_values=(images - mean) / std).last_hidden_state
+        t = tok(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
+        cls = blip.text_encoder(input_ids=t.input_ids, attention_mask=t.attention_mask,
+                                encoder_hidden_states=patches).last_hidden_state[:, 0]
+        expected = (head.eval()(cls) - REWARD_MEAN) / REWARD_STD
+    with pytest.raises(RewardError, match="needs model=PATH"):
+        get_reward("imagereward")
+    reward = get_reward(f"imagereward(model={tiny_blip_folder}, head={tmp_path / 'ir_head.safetensors'}, batch_size=2)")
+    torch.testing.assert_close(score(reward, images, PROMPTS)[0], expected, atol=1e-5, rtol=0)
+
+
+def test_unknown_options_and_unloadable_models_are_clear_errors(tiny_clip_folder, tmp_path):
+    with pytest.raises(RewardError, match="accepts: model, processor, device, batch_size, w"):
+        get_reward(f"clipscore(model={tiny_clip_folder}, size=3)")
+    with pytest.raises(RewardError, match="cannot load CLIP model"):
+        get_reward(f"clipscore(model={tmp_path / 'missing'})")
