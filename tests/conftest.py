@@ -117,3 +117,43 @@ def tiny_blip_folder(tmp_path_factory):
     tok.save_pretrained(path)
     BlipImageProcessor(size={"height": 32, "width": 32}).save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_folder(tmp_path_factory):
+    """A random-weight LLaVA (CLIP vision tower + Llama) with a word-level tokenizer of the shapes
+    world's words, a CLIP image processor and a chat template, saved as a hub repo would be."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import (CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
+                              PreTrainedTokenizerFast)
+
+    from ddrl.worlds.shapes import vocabulary
+
+    words = ["<unk>", "<pad>", "<s>", "</s>", "<image>"] + sorted(set(vocabulary()) | set(
+        "USER ASSISTANT : the image contains what is going on in this answer concisely ? . does show yes no "
+        "which better or 1 2 \" , Answer Does Which shows".split()))
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.decoder = decoders.WordPiece()  # joins tokens with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>", model_max_length=256, extra_special_tokens={"image_token": "<image>"})
+    template = ("{% for m in messages %}USER : {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> "
+                "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endfor %}"
+                "{% if add_generation_prompt %} ASSISTANT :{% endif %}")
+    proc = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                             crop_size={"height": 32, "width": 32}),
+                          tokenizer=tok, patch_size=8, vision_feature_select_strategy="default",
+                          chat_template=template, num_additional_image_tokens=1)
+    cfg = LlavaConfig(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, image_size=32, patch_size=8),
+        text_config=dict(model_type="llama", vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=1, bos_token_id=2, eos_token_id=3),
+        image_token_index=vocab["<image>"], vision_feature_layer=-1, vision_feature_select_strategy="default")
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny-vlm")
+    LlavaForConditionalGeneration(cfg).save_pretrained(path)
+    proc.save_pretrained(path)
+    return path

@@ -8,7 +8,8 @@ import pytest
 
 from ddrl.cli import build_parser, main
 
-SUBCOMMANDS = ("sample", "evaluate", "pretrain", "train", "presets", "rewards")
+SUBCOMMANDS = ("sample", "evaluate", "pretrain", "train", "presets", "rewards", "reward-server", "reward-pairs",
+               "reward-train")
 
 
 def test_every_subcommand_has_help(capsys):

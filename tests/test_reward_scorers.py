@@ -185,3 +185,46 @@ def test_unknown_options_and_unloadable_models_are_clear_errors(tiny_clip_folder
         get_reward(f"clipscore(model={tiny_clip_folder}, size=3)")
     with pytest.raises(RewardError, match="cannot load CLIP model"):
         get_reward(f"clipscore(model={tmp_path / 'missing'})")
+
+
+def test_vlm_judge_is_the_normalised_yes_probability(tiny_vlm_folder):
+    """p = e^l_yes / (e^l_yes + e^l_no) from the next-token logits after the generation prompt;
+    scoring in batches (left-padded prompts of different lengths) gives each sample's lone score."""
+    from ddrl.grid import to_pil
+    from ddrl.rewards.vlm import JUDGE_QUESTION
+
+    images = _images(size=48)
+    judge = get_reward(f"vlm-judge(model={tiny_vlm_folder}, batch_size=3)")
+    batched = score(judge, images, PROMPTS)[0]
+    vlm = judge.vlm
+    for i, p in enumerate(PROMPTS):
+        inputs = vlm.inputs([[to_pil(images[i:i + 1])[0]]], [JUDGE_QUESTION.format(prompt=p)])
+        with torch.no_grad():
+            logits = vlm.model(**inputs).logits[0, -1]
+        ly, ln = logits[vlm.token_id("yes")], logits[vlm.token_id("no")]
+        assert batched[i] == pytest.approx(float(torch.exp(ly) / (torch.exp(ly) + torch.exp(ln))), abs=1e-5)
+
+
+def test_pairwise_judge_is_order_symmetric(tiny_vlm_folder):
+    """Averaging both presentation orders makes P(a > b) + P(b > a) = 1 and P(a > a) = 1/2."""
+    judge = get_reward(f"vlm-judge(model={tiny_vlm_folder})")
+    a, b = _images(size=48, seed=1), _images(size=48, seed=2)
+    ab, ba = judge.compare(a, b, PROMPTS), judge.compare(b, a, PROMPTS)
+    torch.testing.assert_close(ab + ba, torch.ones(3), atol=1e-6, rtol=0)
+    torch.testing.assert_close(judge.compare(a, a, PROMPTS), torch.full((3,), 0.5), atol=1e-6, rtol=0)
+
+
+def test_bertscore_recall_of_the_reference_itself_is_one(tiny_vlm_folder, tiny_bert_folder):
+    """A VLM answer equal to the reference sentence matches every reference token to itself:
+    recall 1. Unrelated words score below 1; an empty answer scores 0."""
+    reward = get_reward(f"vlm-bertscore(model={tiny_vlm_folder}, bert_model={tiny_bert_folder}, num_layers=2, "
+                        "max_new_tokens=4)")
+    images = _images(size=48)
+    scores, details = score(reward, images, PROMPTS)  # the tiny VLM's own (random) answers
+    assert len(details["answer"]) == 3 and all(-1 <= s <= 1 for s in scores.tolist())
+    scripted = iter([["the image contains a red circle", "yes no yes", ""]])
+    reward.vlm.answer = lambda *a, **k: next(scripted)
+    scores, _ = score(reward, images, ["a red circle", "two blue squares", "a circle"])
+    assert scores[0] == pytest.approx(1.0, abs=1e-5)
+    assert scores[1] < 0.99
+    assert scores[2] == 0.0

@@ -2,6 +2,7 @@
 verifier, and the checks that stop bad input or bad output with the reward's name."""
 
 import io
+import re
 
 import numpy as np
 import pytest
@@ -72,3 +73,77 @@ def test_unknown_reward_suggests_the_closest_name():
     with pytest.raises(RewardError, match="did you mean 'shapes-verifier'"):
         get_reward("shape-verifier")
     assert {"jpeg-compressibility", "jpeg-incompressibility", "shapes-verifier", "shapes-accuracy"} <= set(REWARDS)
+
+
+def test_reward_specs_parse_names_options_sums_and_routes():
+    from ddrl.rewards.spec import Atom, Route, Sum, parse
+
+    assert parse("aesthetic") == Atom("aesthetic")
+    assert parse("pickscore(model=/m/p, batch_size=8, half=true, w=2.5)") == Atom(
+        "pickscore", {"model": "/m/p", "batch_size": 8, "half": True, "w": 2.5})
+    assert parse("remote:http://10.0.0.2:8100(timeout=60)") == Atom("remote:http://10.0.0.2:8100", {"timeout": 60})
+    assert parse("vlm-judge(question='Is \"{prompt}\" shown, really?')").options == {
+        "question": 'Is "{prompt}" shown, really?'}
+    assert parse("a + -0.5*b + 2*c") == Sum(((1.0, Atom("a")), (-0.5, Atom("b")), (2.0, Atom("c"))))
+    assert parse("route[task](geneval=a, *=b + 0.1*c)") == Route(
+        "task", (("geneval", Atom("a")), ("*", Sum(((1.0, Atom("b")), (0.1, Atom("c")))))))
+    for bad, where in [("a +", "a reward name"), ("a(b=)", "a value for 'b'"), ("x*a", "a number before"),
+                       ("a b", "'+' or the end"), ("route[k](a=b", "')'"), ("", "empty")]:
+        with pytest.raises(RewardError, match=re.escape(where)):
+            parse(bad)
+
+
+class _Const:
+    differentiable, device = True, "cpu"
+
+    def __init__(self, name, value):
+        self.name, self.value = name, value
+
+    def __call__(self, images, prompts, metadata):
+        return RewardOutput(self.value * images.mean(dim=(1, 2, 3)), {"tag": [self.name] * len(images)})
+
+
+def test_weighted_sum_is_the_sum_of_weighted_components():
+    from ddrl.rewards.compose import WeightedSum
+
+    images = torch.rand(4, 3, 8, 8, requires_grad=True)
+    r = WeightedSum([(1.0, _Const("a", 1.0)), (-0.5, _Const("b", 3.0))])
+    out = r(images, ["p"] * 4, [{}] * 4)
+    m = images.mean(dim=(1, 2, 3))
+    torch.testing.assert_close(out.scores, m - 1.5 * m)
+    assert out.details["component/b"] == pytest.approx((3 * m).tolist()) and out.details["b/tag"] == ["b"] * 4
+    out.scores.sum().backward()  # differentiable parts make a differentiable sum
+    assert images.grad.abs().sum() > 0
+    with pytest.raises(RewardError, match="names a reward twice"):
+        WeightedSum([(1.0, _Const("a", 1.0)), (2.0, _Const("a", 1.0))])
+
+
+def test_routing_scores_each_sample_with_its_own_reward():
+    from ddrl.rewards.compose import Routed
+
+    images = torch.rand(5, 3, 8, 8)
+    m = images.mean(dim=(1, 2, 3))
+    meta = [{"task": "x"}, {"task": "y"}, {}, {"task": "x"}, {"task": "z"}]
+    r = Routed("task", {"x": _Const("ten", 10.0), "y": _Const("one", 1.0)}, default=_Const("zero", 0.0))
+    out = r(images, ["p"] * 5, meta)
+    torch.testing.assert_close(out.scores, torch.stack([10 * m[0], m[1], 0 * m[2], 10 * m[3], 0 * m[4]]))
+    assert out.details["route"] == ["x", "y", "*", "x", "*"]
+    assert out.details["component/ten"] == [pytest.approx(10 * m[0].item()), None, None,
+                                            pytest.approx(10 * m[3].item()), None]
+    with pytest.raises(RewardError, match="task='z', which has no route"):
+        Routed("task", {"x": _Const("ten", 10.0)})(images, ["p"] * 5, meta[:1] * 4 + meta[4:])
+
+
+def test_pil_lists_are_accepted_and_checked():
+    from ddrl.grid import to_pil
+
+    images = torch.rand(2, 3, 16, 16)
+    reward = get_reward("jpeg-incompressibility")
+    torch.testing.assert_close(score(reward, to_pil(images), ["a", "b"])[0],
+                               score(reward, (torch.tensor(np.array(to_pil(images))).permute(0, 3, 1, 2) / 255),
+                                     ["a", "b"])[0])
+    mixed = to_pil(images[:1]) + to_pil(torch.rand(1, 3, 8, 8))
+    with pytest.raises(RewardError, match="different sizes"):
+        score(reward, mixed, ["a", "b"])
+    with pytest.raises(RewardError, match="empty batch"):
+        score(reward, [], [])

@@ -239,3 +239,13 @@ def test_every_preset_and_the_example_config_validate():
         validate(preset_config(name))
     example = Path(__file__).parents[1] / "examples/shapes-alignment.yaml"
     assert apply_overrides(Config(), load_yaml(example)) == preset_config("shapes-alignment")
+
+
+def test_a_weighted_sum_logs_each_component(tiny_sd_folder, tmp_path):
+    """reward = -kB + 0.5 kB = -0.5 kB: the logged total is the weighted sum of the logged parts."""
+    cfg = tiny_config(tiny_sd_folder, **{"reward.name": "jpeg-compressibility + 0.5*jpeg-incompressibility"})
+    tr = Trainer(cfg, tmp_path)
+    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    comp, incomp = m["reward/jpeg-compressibility/mean"], m["reward/jpeg-incompressibility/mean"]
+    assert comp == pytest.approx(-incomp) and incomp > 0
+    assert m["reward/mean"] == pytest.approx(comp + 0.5 * incomp, rel=1e-6)

@@ -23,7 +23,7 @@ class WeightedSum:
         names = [r.name for _, r in terms]
         if len(set(names)) != len(names):
             raise RewardError(f"a weighted sum names a reward twice: {names}")
-        self.terms = list(terms)
+        self.terms, self.components = list(terms), names
         self.name = " + ".join(f"{w:g}*{r.name}" for w, r in terms)
         self.differentiable = all(r.differentiable for _, r in terms)
         self.device = terms[0][1].device
@@ -51,6 +51,7 @@ class Routed:
         cases = [f"{v}={r.name}" for v, r in routes.items()] + ([f"*={default.name}"] if default else [])
         self.name = f"route[{key}]({', '.join(cases)})"
         rewards = list(routes.values()) + ([default] if default else [])
+        self.components = list(dict.fromkeys(r.name for r in rewards))
         self.differentiable = all(r.differentiable for r in rewards)
         self.device = rewards[0].device
 
@@ -66,7 +67,7 @@ class Routed:
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         routes = [self.route(m) for m in metadata]
         scores = torch.zeros(len(images), device=images.device)
-        details: dict[str, list] = {"route": routes}
+        details: dict[str, list] = {"route": routes} | {f"component/{c}": [None] * len(images) for c in self.components}
         for value in dict.fromkeys(routes):
             reward = self.routes.get(value, self.default)
             idx = [i for i, v in enumerate(routes) if v == value]
@@ -74,7 +75,6 @@ class Routed:
             s = check_output(reward.name, out, len(idx))
             # out-of-place, so gradients flow through differentiable routes
             scores = scores.index_put((torch.tensor(idx, device=images.device),), s.to(images.device).float())
-            column = details.setdefault(f"component/{reward.name}", [None] * len(images))
             for i, v in zip(idx, s.detach().float().cpu().tolist()):
-                column[i] = v
+                details[f"component/{reward.name}"][i] = v
         return RewardOutput(scores, details)

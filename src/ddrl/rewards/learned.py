@@ -62,7 +62,7 @@ class PreferenceCNN(nn.Module):
     """s(image, prompt). Four stride-2 convolutions keep a coarse spatial map (flattened, not
     pooled) so that left/right/above relations stay visible to the head."""
 
-    def __init__(self, text_dim: int, image_size: int = 48, width: int = 32, dim: int = 128):
+    def __init__(self, text_dim: int, image_size: int = 48, width: int = 32, dim: int = 128, dropout: float = 0.0):
         super().__init__()
         self.image_size = image_size
         chans = [3, width, 2 * width, 4 * width, 4 * width]
@@ -75,7 +75,8 @@ class PreferenceCNN(nn.Module):
             side = (side + 1) // 2
         self.image_proj = nn.Linear(chans[-1] * side * side, dim)
         self.text_proj = nn.Linear(text_dim, dim)
-        self.head = nn.Sequential(nn.Linear(3 * dim, dim), nn.SiLU(), nn.Linear(dim, 1))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * dim, dim), nn.SiLU(), nn.Dropout(dropout),
+                                  nn.Linear(dim, 1))
 
     def forward(self, images: Tensor, text: Tensor) -> Tensor:
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
@@ -159,11 +160,25 @@ class _Indexed:
     def __len__(self) -> int:
         return len(self.prompt)
 
-    def scores(self, model: PreferenceCNN, idx: Tensor) -> tuple[Tensor, Tensor]:
+    def scores(self, model: PreferenceCNN, idx: Tensor, shift: int = 0, gen=None) -> tuple[Tensor, Tensor]:
         t = self.text[self.prompt[idx]]
         imgs = torch.cat([self.images[self.chosen[idx]], self.images[self.rejected[idx]]]).float() / 255
+        if shift:
+            imgs = random_shift(imgs, shift, gen)
         s = model(imgs, torch.cat([t, t]))
         return s[:len(idx)], s[len(idx):]
+
+
+def random_shift(images: Tensor, shift: int, gen: torch.Generator | None) -> Tensor:
+    """Translate each image by up to `shift` pixels (edges replicated). A translation keeps
+    colours, counts and left/right/above relations, so it keeps the preference too."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (shift,) * 4, mode="replicate")
+    dy, dx = torch.randint(0, 2 * shift + 1, (2, n), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, 3, h, w + 2 * shift)
+    picked = padded.gather(2, rows)
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, 3, h, w)
+    return picked.gather(3, cols)
 
 
 @torch.no_grad()
@@ -174,49 +189,58 @@ def pairwise_accuracy(model: PreferenceCNN, data: _Indexed, batch_size: int = 25
     return float(correct.mean())
 
 
-def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: str | Path | None = None,
-                       heldout_fraction: float = 0.2, text_encoder: str = "shapes-sd", epochs: int = 20,
-                       batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 1e-4,
-                       image_size: int = 48, seed: int = 0, progress: bool = True) -> dict:
-    """Fit a Bradley-Terry PreferenceCNN, save it to `out_dir`, return its metrics (held-out
-    pairwise accuracy per epoch; the saved model is the last epoch's)."""
+def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Sequence[str | Path] = (),
+                       heldout_fraction: float = 0.2, text_encoder: str = "shapes-sd", epochs: int = 5,
+                       batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 0.05,
+                       image_size: int = 48, width: int = 32, dropout: float = 0.2, shift: int = 3, seed: int = 0,
+                       progress: bool = True) -> dict:
+    """Fit a Bradley-Terry PreferenceCNN, save it to `out_dir`, and return its metrics: pairwise
+    accuracy on each held-out file per epoch (named by file stem; without files, a split of
+    `heldout_fraction` of the prompts). The saved model is the last epoch's: no held-out set
+    chooses it."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     if epochs < 1 or batch_size < 1 or not 0 < heldout_fraction < 1:
         raise RewardError("need epochs >= 1, batch_size >= 1 and 0 < heldout_fraction < 1")
     train_pairs = read_pairs(pairs)
-    if heldout is not None:
-        held_pairs = read_pairs(heldout)
+    if heldout:
+        held_sets = {Path(h).stem: read_pairs(h) for h in heldout}
     else:
-        train_pairs, held_pairs = split_by_prompt(train_pairs, heldout_fraction, seed)
+        train_pairs, held = split_by_prompt(train_pairs, heldout_fraction, seed)
+        held_sets = {"heldout": held}
     torch.manual_seed(seed)
     text = TextFeatures(text_encoder)
-    train, held = _Indexed(train_pairs, text), _Indexed(held_pairs, text)
-    model = PreferenceCNN(text.dim, image_size)
+    train = _Indexed(train_pairs, text)
+    helds = {name: _Indexed(p, text) for name, p in held_sets.items()}
+    model = PreferenceCNN(text.dim, image_size, width, dropout=dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     history = []
-    bar = tqdm(range(epochs), desc="reward-train", disable=not progress)
-    for epoch in bar:
+    steps = epochs * -(-len(train) // batch_size)
+    bar = tqdm(total=steps, desc="reward-train", disable=not progress)
+    for epoch in range(epochs):
         model.train()
         losses = []
         for idx in torch.randperm(len(train), generator=gen).split(batch_size):
-            loss = bradley_terry_loss(*train.scores(model, idx))
+            loss = bradley_terry_loss(*train.scores(model, idx, shift, gen))
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
-        row = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "train_accuracy": pairwise_accuracy(model, train),
-               "heldout_accuracy": pairwise_accuracy(model, held)}
+            losses.append(loss.item())
+            bar.update()
+        row = {"epoch": epoch + 1, "loss": float(np.mean(losses))}
+        row |= {f"{name}_accuracy": pairwise_accuracy(model, d) for name, d in helds.items()}
         history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", heldout_acc=f"{row['heldout_accuracy']:.3f}")
+        bar.set_postfix({k: f"{v:.3f}" for k, v in row.items() if k != "epoch"})
+    bar.close()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS)
-    metrics = {"train_pairs": len(train), "heldout_pairs": len(held), "history": history,
-               "heldout_accuracy": history[-1]["heldout_accuracy"]}
-    config = {"kind": "bradley-terry-cnn", "text_encoder": text_encoder, "image_size": image_size,
+    metrics = {"train_pairs": len(train), **{f"{n}_pairs": len(d) for n, d in helds.items()},
+               "train_accuracy": pairwise_accuracy(model, train), "history": history,
+               **{k: v for k, v in history[-1].items() if k.endswith("_accuracy")}}
+    config = {"kind": "bradley-terry-cnn", "text_encoder": text_encoder, "image_size": image_size, "width": width,
               "text_dim": text.dim, "metrics": metrics}
     (out / CONFIG).write_text(json.dumps(config, indent=2))
     return metrics
@@ -235,7 +259,7 @@ class LearnedReward:
         self.device = device or "cpu"
         self.name, self.batch_size = "learned", batch_size
         self.text = TextFeatures(cfg["text_encoder"], self.device)
-        self.model = PreferenceCNN(cfg["text_dim"], cfg["image_size"])
+        self.model = PreferenceCNN(cfg["text_dim"], cfg["image_size"], cfg["width"])
         self.model.load_state_dict(load_file(path / WEIGHTS))
         self.model.to(self.device).eval().requires_grad_(False)
 

@@ -21,7 +21,6 @@ import ipaddress
 import json
 import math
 import threading
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np

@@ -5,6 +5,7 @@ command line.
     pickscore(model=/models/pick, batch_size=8) with factory options
     remote:http://10.0.0.2:8100(timeout=60)     a reward server
     pickscore + 0.5*hpsv2(model=/models/hps)    a weighted sum
+    vlm-judge(question='Is "{prompt}" shown?')  quoted values may hold spaces and punctuation
     route[task](geneval=shapes-verifier, ocr=remote:http://ocr:8100, *=pickscore)
                                                 per-prompt routing on metadata["task"]
 
@@ -20,7 +21,7 @@ from typing import Union
 
 from .base import RewardError
 
-_TOKEN = re.compile(r"\s*(?:([+*(),=\[\]])|([^\s+*(),=\[\]]+))")
+_TOKEN = re.compile(r"""\s*(?:([+*(),=\[\]])|'([^']*)'|"([^"]*)"|([^\s+*(),=\[\]'"]+))""")
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,19 @@ def _tokens(text: str) -> list[str]:
         m = _TOKEN.match(text, pos)
         if not m or m.end() == pos:
             raise RewardError(f"reward spec {text!r}: cannot read from {text[pos:]!r}")
-        out.append(m.group(1) or m.group(2))
+        quoted = m.group(2) if m.group(2) is not None else m.group(3)
+        out.append(_Quoted(quoted) if quoted is not None else m.group(1) or m.group(4))
         pos = m.end()
     return out
 
 
+class _Quoted(str):
+    """A quoted option value: kept as text, never read as a number or as punctuation."""
+
+
 def _value(word: str):
+    if isinstance(word, _Quoted):
+        return str(word)
     if word.lower() in ("true", "false"):
         return word.lower() == "true"
     for kind in (int, float):
@@ -86,7 +94,7 @@ class _Parser:
 
     def word(self, what: str) -> str:
         tok = self.peek()
-        if tok is None or tok in "+*(),=[]":
+        if tok is None or (not isinstance(tok, _Quoted) and tok in "+*(),=[]"):
             self.fail(what)
         self.i += 1
         return tok

@@ -241,6 +241,12 @@ class Trainer:
         if all("correct" in r[1] for r in results):  # the verifier's binary verdict, this process's share
             correct = torch.tensor([float(c) for r in results for c in r[1]["correct"]])
             m["reward/accuracy"] = float(self.accelerator.gather(correct.to(self.accelerator.device)).mean())
+        for c in getattr(self.reward, "components", ()):  # weighted sums and routes log each part
+            vals = [v for r in results for v in r[1][f"component/{c}"] if v is not None]
+            sc = self.accelerator.reduce(torch.tensor([sum(vals), len(vals)], dtype=torch.float64,
+                                                      device=self.accelerator.device), "sum")
+            if sc[1] > 0:
+                m[f"reward/{c}/mean"] = float(sc[0] / sc[1])
         # spread of rewards within prompts seen more than once this epoch
         stds = [float(rewards[pids == p].std(unbiased=False)) for p in pids.unique() if (pids == p).sum() > 1]
         if stds:
