@@ -147,3 +147,16 @@ def test_pil_lists_are_accepted_and_checked():
         score(reward, mixed, ["a", "b"])
     with pytest.raises(RewardError, match="empty batch"):
         score(reward, [], [])
+
+
+def test_a_pointwise_reward_becomes_a_bradley_terry_preference():
+    """P(a > b) = sigmoid((s_a - s_b) / T); so P(a > b) + P(b > a) = 1 and P(a > a) = 1/2."""
+    from ddrl.rewards.pairwise import as_pairwise
+
+    a, b = torch.rand(3, 3, 16, 16), torch.rand(3, 3, 16, 16)
+    jpeg = get_reward("jpeg-incompressibility")
+    pref = as_pairwise(jpeg, temperature=0.5)
+    s_a, s_b = score(jpeg, a, ["p"] * 3)[0], score(jpeg, b, ["p"] * 3)[0]
+    torch.testing.assert_close(pref.compare(a, b, ["p"] * 3), torch.sigmoid((s_a - s_b) / 0.5))
+    torch.testing.assert_close(pref.compare(a, b, ["p"] * 3) + pref.compare(b, a, ["p"] * 3), torch.ones(3))
+    torch.testing.assert_close(pref.compare(a, a, ["p"] * 3), torch.full((3,), 0.5))

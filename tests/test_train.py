@@ -249,3 +249,16 @@ def test_a_weighted_sum_logs_each_component(tiny_sd_folder, tmp_path):
     comp, incomp = m["reward/jpeg-compressibility/mean"], m["reward/jpeg-incompressibility/mean"]
     assert comp == pytest.approx(-incomp) and incomp > 0
     assert m["reward/mean"] == pytest.approx(comp + 0.5 * incomp, rel=1e-6)
+
+
+def test_prompt_metadata_from_jsonl_routes_each_prompt_to_its_reward(tiny_sd_folder, tmp_path):
+    lines = [{"prompt": "a red circle", "task": "small"}, {"prompt": "two squares", "task": "big"}]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    cfg = tiny_config(tiny_sd_folder, **{"prompts.source": f"file:{tmp_path / 'prompts.jsonl'}",
+                                         "reward.name": "route[task](small=jpeg-compressibility, big=jpeg-incompressibility)"})
+    tr = Trainer(cfg, tmp_path)
+    drawn = {tr.train_prompts[i] for i in tr.prompt_ids(0, tr.local_indices())}
+    assert drawn == {"a red circle", "two squares"}  # this seed's epoch 0 draws both prompts
+    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    # compressibility is -kB < 0 and incompressibility +kB > 0: each prompt went to its own reward
+    assert m["reward/jpeg-compressibility/mean"] < 0 < m["reward/jpeg-incompressibility/mean"]

@@ -1,8 +1,10 @@
 """Prompt sources for training and evaluation: the shapes world's splits, a list of animals
-(the DDPO paper's kind of prompt set for Stable Diffusion), or a text file."""
+(the DDPO paper's kind of prompt set for Stable Diffusion), a text file, or a JSONL file whose
+lines carry metadata beside the prompt (which a routed reward reads, e.g. {"prompt": ..., "task": "ocr"})."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 ANIMALS = (
@@ -14,18 +16,33 @@ ANIMALS = (
 )
 
 
-def load_prompts(source: str) -> list[str]:
-    """shapes:train|heldout|all, animals, or file:PATH (one prompt per non-empty line)."""
+def load_prompt_records(source: str) -> list[tuple[str, dict]]:
+    """(prompt, metadata) pairs from shapes:train|heldout|all, animals, file:PATH.txt (one prompt
+    per non-empty line) or file:PATH.jsonl (objects with "prompt"; the other keys are metadata)."""
     if source.startswith("shapes:"):
         from .worlds.shapes import split
 
-        return split(source.split(":", 1)[1])
+        return [(p, {}) for p in split(source.split(":", 1)[1])]
     if source == "animals":
-        return list(ANIMALS)
+        return [(p, {}) for p in ANIMALS]
     if source.startswith("file:"):
         path = Path(source[5:])
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-        if not prompts:
+        lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        if not lines:
             raise ValueError(f"prompt file {path} has no prompts")
-        return prompts
+        if path.suffix != ".jsonl":
+            return [(line, {}) for _, line in lines]
+        records = []
+        for n, line in lines:
+            try:
+                row = json.loads(line)
+                prompt = row.pop("prompt")
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise ValueError(f"{path}:{n}: expected a JSON object with a \"prompt\" key") from None
+            records.append((str(prompt), row))
+        return records
     raise ValueError(f"unknown prompt source {source!r}")
+
+
+def load_prompts(source: str) -> list[str]:
+    return [p for p, _ in load_prompt_records(source)]

@@ -59,8 +59,8 @@ class TextFeatures:
 
 
 class PreferenceCNN(nn.Module):
-    """s(image, prompt). Four stride-2 convolutions keep a coarse spatial map (flattened, not
-    pooled) so that left/right/above relations stay visible to the head."""
+    """s(image, prompt). Four stride-2 convolutions; the head sees the coarse spatial map
+    flattened (so left/right/above relations stay visible) and its spatial mean (global colour)."""
 
     def __init__(self, text_dim: int, image_size: int = 48, width: int = 32, dim: int = 128, dropout: float = 0.0):
         super().__init__()
@@ -69,11 +69,11 @@ class PreferenceCNN(nn.Module):
         layers = []
         for a, b in zip(chans, chans[1:]):
             layers += [nn.Conv2d(a, b, 3, stride=2, padding=1), nn.GroupNorm(8, b), nn.SiLU()]
-        self.cnn = nn.Sequential(*layers, nn.Flatten())
+        self.cnn = nn.Sequential(*layers)
         side = image_size
         for _ in range(4):
             side = (side + 1) // 2
-        self.image_proj = nn.Linear(chans[-1] * side * side, dim)
+        self.image_proj = nn.Linear(chans[-1] * (side * side + 1), dim)
         self.text_proj = nn.Linear(text_dim, dim)
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(3 * dim, dim), nn.SiLU(), nn.Dropout(dropout),
                                   nn.Linear(dim, 1))
@@ -82,7 +82,8 @@ class PreferenceCNN(nn.Module):
         if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
             images = F.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear",
                                    antialias=True, align_corners=False)
-        f = self.image_proj(self.cnn(images * 2 - 1))
+        maps = self.cnn(images * 2 - 1)
+        f = self.image_proj(torch.cat([maps.flatten(1), maps.mean(dim=(2, 3))], -1))
         t = self.text_proj(text)
         return self.head(torch.cat([f, t, f * t], -1)).squeeze(-1)
 

@@ -46,7 +46,7 @@ def evaluate(tr, tag: str) -> dict[str, dict[str, float]]:
                               ("train", _round_robin(tr.train_prompts), e.train_images_per_prompt)):
         prompts = prompts[:e.max_prompts or None]
         ps, images = _sample(tr, prompts, k, progress=True)
-        rewards, _ = score(tr.reward, images, ps)
+        rewards, _ = score(tr.reward, images, ps, [tr.prompt_metadata[p] for p in ps])
         out[split] = {"reward": float(rewards.mean())}
         ev = score_images(images, ps)
         if "accuracy" in (summary := ev.summary()):
@@ -63,7 +63,7 @@ def write_grid(tr, name: str) -> None:
     needed = prompts[:-(-n // k)]
     ps, images = _sample(tr, needed, k, progress=False)
     ps, images = ps[:n], images[:n]
-    rewards, _ = score(tr.reward, images, ps)
+    rewards, _ = score(tr.reward, images, ps, [tr.prompt_metadata[p] for p in ps])
     _save_grid(tr, name, images, ps, rewards, score_images(images, ps).correct)
 
 

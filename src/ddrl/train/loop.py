@@ -28,7 +28,7 @@ from ..advantages import batch_advantages, per_prompt_advantages
 from ..config import Config, dump_yaml
 from ..losses.rwr import rwr_sparse_weights, rwr_weights
 from ..models.policy import ModelError, guided_prediction
-from ..prompts import load_prompts
+from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
 from ..sampling import rollout
 from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
@@ -61,8 +61,9 @@ class Trainer:
                                                           cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
         self.reward = get_reward(cfg.reward.name)
-        self.train_prompts = load_prompts(cfg.prompts.source)
-        self.eval_prompts = load_prompts(cfg.prompts.eval_source)
+        train_records, eval_records = load_prompt_records(cfg.prompts.source), load_prompt_records(cfg.prompts.eval_source)
+        self.train_prompts, self.eval_prompts = [p for p, _ in train_records], [p for p, _ in eval_records]
+        self.prompt_metadata = {p: m for p, m in eval_records + train_records}  # what a routed reward reads
         if cfg.reward.name.startswith("shapes-"):  # the verifier reads shapes-world prompts only
             from ..worlds.shapes import parse_prompt
 
@@ -167,7 +168,7 @@ class Trainer:
             with torch.no_grad():
                 images = policy.decode(traj.final).cpu()
             prompts = [self.train_prompts[i] for i in pids[sl]]
-            meta = [{"prompt_id": int(i)} for i in pids[sl]]
+            meta = [{"prompt_id": int(i), **self.prompt_metadata[prompts[k]]} for k, i in enumerate(pids[sl])]
             if cfg.reward.asynchronous:
                 futures.append(pool.submit(score, self.reward, images, prompts, meta))
             else:
