@@ -87,7 +87,7 @@ def main() -> None:
         "weighted sum verifier + 0.1 jpeg": "shapes-verifier + 0.1*jpeg-incompressibility",
     }
     print(f"{args.images} images of 48x48, {torch.get_num_threads()} threads, median of {args.repeats}\n")
-    print(f"| reward | images/s | ms/image |\n|---|---|---|")
+    print("| reward | images/s | ms/image |\n|---|---|---|")
     for label, spec in specs.items():
         reward = get_reward(spec)
         score(reward, images[:4], prompts[:4])  # warm-up

@@ -9,7 +9,7 @@ import pytest
 from ddrl.cli import build_parser, main
 
 SUBCOMMANDS = ("sample", "evaluate", "pretrain", "train", "presets", "rewards", "reward-server", "reward-pairs",
-               "reward-train")
+               "reward-train", "convert-open-clip")
 
 
 def test_every_subcommand_has_help(capsys):

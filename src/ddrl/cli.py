@@ -325,6 +325,13 @@ def cmd_reward_train(args) -> None:
     print(f"pairwise accuracy: {accs}\nsaved to {args.out}; use it as the reward 'learned(path={args.out})'")
 
 
+def cmd_convert_open_clip(args) -> None:
+    from .rewards.convert import convert_open_clip
+
+    convert_open_clip(args.checkpoint, args.out, args.arch, processor=args.processor or None)
+    print(f"wrote a transformers CLIPModel to {args.out}; score with 'hpsv2(model={args.out})'")
+
+
 def cmd_presets(args) -> None:
     from .presets import DEFAULT_PRESET, PRESETS
 
@@ -405,6 +412,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=_positive_int, default=256, help="most images per request (default: 256)")
     p.set_defaults(func=cmd_reward_server)
 
+    p = sub.add_parser("convert-open-clip", help="convert an open_clip checkpoint (e.g. HPS v2.1) for transformers",
+                       description="Write a transformers CLIPModel folder from an open_clip checkpoint such as "
+                       "HPS_v2.1_compressed.pt (read tensors-only), with the base model's tokenizer and image "
+                       "processor copied in, for the hpsv2 / clipscore rewards.")
+    p.add_argument("checkpoint", help="the open_clip checkpoint (.pt, .bin or .safetensors)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--arch", default="ViT-H-14", help="open_clip architecture name (default: ViT-H-14, as HPS v2)")
+    p.add_argument("--processor", default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+                   help="folder or hub id to copy the tokenizer and image processor from ('' to skip)")
+    p.set_defaults(func=cmd_convert_open_clip)
+
     p = sub.add_parser("reward-pairs", help="make shapes-world preference pairs from a hidden preference",
                        description="Sample images with the built-in shapes-sd model and pair them by a hidden "
                        "preference (verifier correctness + a taste for saturated colour): train.jsonl, "
@@ -429,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-encoder", default="shapes-sd",
                    help="where the frozen CLIP text encoder comes from: a built-in model, a diffusers folder "
                    "or a CLIP folder (default: shapes-sd)")
-    p.add_argument("--epochs", type=_positive_int, default=5, help="passes over the pairs (default: 5)")
+    p.add_argument("--epochs", type=_positive_int, default=4, help="passes over the pairs (default: 4)")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="pairs per step (default: 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0)

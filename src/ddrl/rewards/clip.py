@@ -5,7 +5,7 @@ All three embed image and prompt, L2-normalise, and score image i against prompt
 - PickScore (Kirstain et al. 2023): exp(logit_scale) * cos with the PickScore_v1 weights; its
   tokenizer and image processor are those of the CLIP-H model it was fine-tuned from.
 - HPSv2 (Wu et al. 2023): cos with the HPS fine-tuned CLIP-H weights. HPS publishes open_clip
-  checkpoints; this scorer needs them converted to a transformers folder (`model=PATH`).
+  checkpoints; `ddrl convert-open-clip` turns one into the transformers folder this scorer loads.
 Scores are differentiable in the images (preprocessing is done in torch).
 """
 
@@ -85,10 +85,12 @@ def pickscore(model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion
                                 clamp_at_zero=False, batch_size=batch_size)
 
 
-def hpsv2(model: str | None = None, processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-          device: str | None = None, batch_size: int = 32) -> ClipSimilarityReward:
+def hpsv2(model: str | None = None, processor: str | None = None, device: str | None = None,
+          batch_size: int = 32) -> ClipSimilarityReward:
+    """`model`: the folder `ddrl convert-open-clip` writes from HPS's open_clip checkpoint (with
+    the CLIP-H tokenizer and processor copied in; else name them with `processor`)."""
     if model is None:
         raise RewardError("reward 'hpsv2' needs model=PATH: a transformers CLIP folder holding the HPS v2/v2.1 "
-                          "weights (HPS publishes open_clip checkpoints; convert them to a CLIPModel first)")
+                          "weights; make one with `ddrl convert-open-clip HPS_v2.1_compressed.pt --out DIR`")
     return ClipSimilarityReward("hpsv2", ClipBackbone("hpsv2", model, processor, device),
                                 scale=1.0, clamp_at_zero=False, batch_size=batch_size)

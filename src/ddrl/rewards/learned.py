@@ -191,9 +191,9 @@ def pairwise_accuracy(model: PreferenceCNN, data: _Indexed, batch_size: int = 25
 
 
 def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Sequence[str | Path] = (),
-                       heldout_fraction: float = 0.2, text_encoder: str = "shapes-sd", epochs: int = 5,
-                       batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 0.05,
-                       image_size: int = 48, width: int = 32, dropout: float = 0.2, shift: int = 3, seed: int = 0,
+                       heldout_fraction: float = 0.2, text_encoder: str = "shapes-sd", epochs: int = 4,
+                       batch_size: int = 64, learning_rate: float = 1e-3, weight_decay: float = 0.2,
+                       image_size: int = 48, width: int = 32, dropout: float = 0.2, shift: int = 6, seed: int = 0,
                        progress: bool = True) -> dict:
     """Fit a Bradley-Terry PreferenceCNN, save it to `out_dir`, and return its metrics: pairwise
     accuracy on each held-out file per epoch (named by file stem; without files, a split of
