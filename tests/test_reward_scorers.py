@@ -228,3 +228,12 @@ def test_bertscore_recall_of_the_reference_itself_is_one(tiny_vlm_folder, tiny_b
     assert scores[0] == pytest.approx(1.0, abs=1e-5)
     assert scores[1] < 0.99
     assert scores[2] == 0.0
+
+
+def test_default_hub_weights_fail_fast_and_clearly_offline():
+    """With no network, a hub id that is not cached is one clear error, not a hang or a trace."""
+    for spec, what in [("aesthetic", "CLIP model 'openai/clip-vit-large-patch14'"),
+                       ("pickscore", "CLIP model 'yuvalkirstain/PickScore_v1'"),
+                       ("vlm-judge", "processor 'Qwen/Qwen2.5-VL-3B-Instruct'")]:
+        with pytest.raises(RewardError, match=f"reward '{spec}': cannot load {what}.*local folder"):
+            get_reward(spec)

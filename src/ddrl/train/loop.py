@@ -239,8 +239,10 @@ class Trainer:
         name = self.cfg.reward.name
         m = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
              f"reward/{name}/mean": float(rewards.mean()), f"reward/{name}/std": float(rewards.std(unbiased=False))}
-        if all("correct" in r[1] for r in results):  # the verifier's binary verdict, this process's share
-            correct = torch.tensor([float(c) for r in results for c in r[1]["correct"]])
+        # the verifier's binary verdict (alone, or as a weighted-sum component), this process's share
+        key = next((k for k in results[0][1] if k == "correct" or k.endswith("/correct")), None)
+        if key is not None and all(key in r[1] for r in results):
+            correct = torch.tensor([float(c) for r in results for c in r[1][key]])
             m["reward/accuracy"] = float(self.accelerator.gather(correct.to(self.accelerator.device)).mean())
         for c in getattr(self.reward, "components", ()):  # weighted sums and routes log each part
             vals = [v for r in results for v in r[1][f"component/{c}"] if v is not None]
