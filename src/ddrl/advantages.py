@@ -5,6 +5,13 @@ Per prompt:  A_i = (r_i - mean_c) / (std_c + 1e-6), over a FIFO buffer of the la
              rewards of prompt c (the current ones included), once it holds `min_count` rewards;
              before that, the batch statistics are used. std is the population std (ddof 0).
 
+Group (GRPO; Flow-GRPO, Liu et al. 2025): each prompt is sampled G times in the same batch, and
+             A_i = (r_i - mean_group) / (std + 1e-4), with the std of the group or, with
+             global_std (Flow-GRPO's default), of the whole batch. A group whose rewards are all
+             equal carries no signal: its advantages are exactly 0.
+Win rates (Pref-GRPO, Wang et al. 2025): the reward of sample i is the fraction of the others in
+             its group it beats, r_i = mean_{j != i} (1[i beats j] + 1/2 1[tie]).
+
 The per-prompt buffers are explicit state: `per_prompt_advantages(state, ...)` returns the new
 state instead of mutating a tracker, so checkpoints hold it as plain JSON and every process,
 given the same gathered rewards in the same order, computes the same advantages.
@@ -44,3 +51,29 @@ def per_prompt_advantages(prompts: Sequence[str], rewards: Tensor, state: Prompt
             mean, std = b.mean(), b.std(unbiased=False) + 1e-6
         adv[idx] = (r[idx] - mean) / std
     return adv.float(), new_state
+
+
+def group_advantages(rewards: Tensor, groups: Tensor, *, global_std: bool = True) -> Tensor:
+    """GRPO advantages; `groups` (B,) labels the samples that share a prompt in this batch."""
+    r = rewards.double()
+    adv = torch.zeros_like(r)
+    batch_std = r.std(unbiased=False)
+    for g in groups.unique():
+        m = groups == g
+        spread = r[m].max() - r[m].min()
+        if spread == 0:
+            continue  # no signal: exactly 0, whatever the std
+        std = batch_std if global_std else r[m].std(unbiased=False)
+        adv[m] = (r[m] - r[m].mean()) / (std + 1e-4)
+    return adv.float()
+
+
+def win_rates(beats: Tensor, groups: Tensor) -> Tensor:
+    """Pref-GRPO rewards from a (B, B) matrix of P(i beats j): within each group, the mean over
+    j != i of 1 when P > 1/2, 1/2 when P = 1/2, 0 otherwise."""
+    wins = (beats > 0.5).double() + 0.5 * (beats == 0.5).double()
+    same = (groups[:, None] == groups[None, :]) & ~torch.eye(len(groups), dtype=torch.bool)
+    counts = same.sum(1)
+    if (counts == 0).any():
+        raise ValueError("win rates need at least two samples in every group")
+    return ((wins * same).sum(1) / counts).float()

@@ -15,7 +15,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-ALGORITHMS = ("ddpo-is", "ddpo-sf", "rwr")
+ALGORITHMS = ("ddpo-is", "ddpo-sf", "rwr", "flow-grpo", "pref-grpo", "nft")
+FLOW_ALGORITHMS = ("flow-grpo", "pref-grpo", "nft")
+SAMPLERS = ("ddim", "flow-sde", "flow-cps", "flow-ode")
+ADVANTAGES = ("per-prompt", "batch", "group")
 MIXED_PRECISION = ("no", "fp16", "bf16")
 
 
@@ -46,8 +49,16 @@ class PromptConfig:
 class SampleConfig:
     num_steps: int = 20
     """denoising steps T of each rollout"""
+    sampler: str = "ddim"
+    """ddim (epsilon/v/x0 models), or flow-sde, flow-cps, flow-ode (flow-matching models)"""
     eta: float = 1.0
     """DDIM stochasticity in (0, 1]; 1 is DDPM-like (DDPO's setting)"""
+    noise_level: float = 0.7
+    """flow-sde: a in sigma_t = a sqrt(t / (1 - t)) (Flow-GRPO: 0.7); flow-cps: eta in [0, 1] (0.8)"""
+    noise_window_start: int = 0
+    """first stochastic step of a flow sampler (the others are ODE steps and are not trained)"""
+    noise_window_size: int = 0
+    """stochastic steps from noise_window_start (0: all the rest)"""
     guidance_scale: float = 5.0
     """classifier-free guidance; 1 disables it"""
     batch_size: int = 32
@@ -61,7 +72,8 @@ class SampleConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     algorithm: str = "ddpo-is"
-    """ddpo-is (PPO clip), ddpo-sf (REINFORCE) or rwr (reward-weighted regression)"""
+    """ddpo-is (PPO clip), ddpo-sf (REINFORCE), rwr (reward-weighted regression); for flow models
+    flow-grpo (PPO clip, group advantages), pref-grpo (flow-grpo on group win rates) or nft (DiffusionNFT)"""
     learning_rate: float | None = None
     """AdamW learning rate; None uses the default for LoRA or full fine-tuning"""
     batch_size: int = 16
@@ -89,7 +101,16 @@ class TrainConfig:
     kl_coef: float = 0.0
     """beta of the KL to the reference model (base model / LoRA off); 0 skips its forward"""
     advantages: str = "per-prompt"
-    """per-prompt (DDPO's stat tracking) or batch"""
+    """per-prompt (DDPO's stat tracking), batch, or group (GRPO: the images_per_prompt samples of a prompt)"""
+    global_std: bool = True
+    """group advantages divide by the batch's std (Flow-GRPO's default) instead of the group's"""
+    filter_zero_std: bool = True
+    """skip training on groups whose rewards are all equal (their advantages are 0)"""
+    nft_beta: float = 1.0
+    """DiffusionNFT: strength beta of the implicit positive/negative policies"""
+    nft_old_decay: str = "ramp"
+    """DiffusionNFT: EMA decay of the old (sampling) policy after each epoch: none (old = current),
+    ramp (min(0.001 epoch, 0.5)) or delayed (0 for 75 epochs, then min(0.0075 (epoch - 75), 0.999))"""
     buffer_size: int = 16
     """per-prompt FIFO length"""
     min_count: int = 16
@@ -110,6 +131,8 @@ class RewardConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    num_steps: int = 0
+    """sampling steps of the evaluation and grids (ODE or eta 0); 0: sample.num_steps"""
     images_per_prompt: int = 2
     """images per held-out prompt in the before/after evaluation"""
     train_images_per_prompt: int = 1
@@ -161,8 +184,20 @@ class Config:
         return self.minibatches_per_epoch * self.train.num_inner_epochs // self.train.gradient_accumulation_steps
 
     @property
+    def stochastic_steps(self) -> int:
+        """steps of a rollout that have a log-prob (all of them for DDIM with eta > 0)"""
+        s = self.sample
+        if s.sampler == "ddim":
+            return s.num_steps
+        return s.noise_window_size or s.num_steps - s.noise_window_start
+
+    @property
     def trained_timesteps(self) -> int:
-        return max(1, int(self.sample.num_steps * self.train.timestep_fraction))
+        return max(1, int(self.stochastic_steps * self.train.timestep_fraction))
+
+    @property
+    def eval_steps(self) -> int:
+        return self.eval.num_steps or self.sample.num_steps
 
     @property
     def learning_rate(self) -> float:
@@ -175,8 +210,10 @@ class Config:
         """True when the update can reuse the sampling pass's graph: DDPO, one optimizer step per
         epoch over all steps of every sample, re-scored exactly as sampled (so the ratio is 1)."""
         t = self.train
-        return (t.single_pass and t.algorithm in ("ddpo-is", "ddpo-sf") and t.num_inner_epochs == 1
+        return (t.single_pass and t.algorithm in ("ddpo-is", "ddpo-sf", "flow-grpo", "pref-grpo")
+                and t.num_inner_epochs == 1 and not (t.filter_zero_std and t.advantages == "group")
                 and self.optimizer_steps_per_epoch == 1 and t.timestep_fraction == 1.0
+                and self.stochastic_steps == self.sample.num_steps
                 and t.kl_coef == 0 and (t.cfg or self.sample.guidance_scale == 1.0))
 
     def to_dict(self) -> dict:
@@ -206,13 +243,44 @@ def validate(cfg: Config) -> None:
     if t.algorithm not in ALGORITHMS:
         raise ConfigError(f"train.algorithm {t.algorithm!r} is unknown{_hint(t.algorithm, ALGORITHMS)}; "
                           f"choose from {', '.join(ALGORITHMS)}")
-    if t.advantages not in ("per-prompt", "batch"):
-        raise ConfigError(f"train.advantages must be per-prompt or batch, got {t.advantages!r}")
+    if t.advantages not in ADVANTAGES:
+        raise ConfigError(f"train.advantages must be one of {', '.join(ADVANTAGES)}, got {t.advantages!r}")
+    if s.sampler not in SAMPLERS:
+        raise ConfigError(f"sample.sampler {s.sampler!r} is unknown{_hint(s.sampler, SAMPLERS)}; "
+                          f"choose from {', '.join(SAMPLERS)}")
+    flow_sampler = s.sampler != "ddim"
+    if t.algorithm in FLOW_ALGORITHMS and not flow_sampler:
+        raise ConfigError(f"train.algorithm {t.algorithm} trains flow-matching models; set sample.sampler to "
+                          "flow-sde, flow-cps or flow-ode")
+    if flow_sampler and t.algorithm in ("ddpo-is", "ddpo-sf", "rwr"):
+        raise ConfigError(f"sample.sampler {s.sampler} is a flow-matching sampler; use train.algorithm "
+                          f"flow-grpo, pref-grpo or nft (or sample.sampler ddim for {t.algorithm})")
+    if s.sampler == "flow-cps" and not 0 <= s.noise_level <= 1:
+        raise ConfigError(f"sample.noise_level must be in [0, 1] for flow-cps (the CPS eta), got {s.noise_level}")
+    if s.noise_level < 0:
+        raise ConfigError(f"sample.noise_level must be >= 0, got {s.noise_level}")
+    if flow_sampler:
+        size = s.noise_window_size or s.num_steps - s.noise_window_start
+        if s.noise_window_start < 0 or s.noise_window_size < 0 or size < 1 or s.noise_window_start + size > s.num_steps:
+            raise ConfigError(f"the noise window [{s.noise_window_start}, {s.noise_window_start + size}) "
+                              f"(sample.noise_window_start, sample.noise_window_size) is outside the "
+                              f"{s.num_steps} steps (sample.num_steps)")
+        if t.algorithm in ("flow-grpo", "pref-grpo") and (s.sampler == "flow-ode" or s.noise_level == 0):
+            raise ConfigError(f"{t.algorithm} needs a stochastic sampler (flow-sde or flow-cps with "
+                              "sample.noise_level > 0) for its log-probs; nft can use flow-ode")
+    if t.advantages == "group" and s.images_per_prompt < 2:
+        raise ConfigError("train.advantages group needs sample.images_per_prompt >= 2 (the group size)")
+    if t.algorithm == "pref-grpo" and t.advantages != "group":
+        raise ConfigError("pref-grpo computes win rates within groups: set train.advantages to group")
+    if t.nft_old_decay not in ("none", "ramp", "delayed"):
+        raise ConfigError(f"train.nft_old_decay must be none, ramp or delayed, got {t.nft_old_decay!r}")
+    if cfg.eval.num_steps < 0:
+        raise ConfigError(f"eval.num_steps must be >= 0, got {cfg.eval.num_steps}")
     if r.mixed_precision not in MIXED_PRECISION:
         raise ConfigError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {r.mixed_precision!r}")
     if not 0 <= s.eta <= 1:
         raise ConfigError(f"sample.eta must be in [0, 1], got {s.eta}")
-    if s.eta == 0 and t.algorithm != "rwr":
+    if s.eta == 0 and t.algorithm in ("ddpo-is", "ddpo-sf"):
         raise ConfigError(f"sample.eta must be > 0 for {t.algorithm}: its log-probs need a stochastic sampler")
     if s.guidance_scale < 1:
         raise ConfigError(f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
@@ -228,9 +296,10 @@ def validate(cfg: Config) -> None:
     if t.rwr_percentile is not None and not 0 <= t.rwr_percentile < 100:
         raise ConfigError(f"train.rwr_percentile must be in [0, 100), got {t.rwr_percentile}")
     n = cfg.samples_per_epoch
-    if s.batch_size % s.images_per_prompt:
-        raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide "
-                          f"sample.batch_size ({s.batch_size})")
+    if n % s.images_per_prompt:  # a prompt's images (a GRPO group) all belong to one epoch
+        raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide the samples per "
+                          f"epoch per process: sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
+                          f"{s.num_batches_per_epoch} = {n}")
     if n % t.batch_size:
         raise ConfigError(f"train.batch_size ({t.batch_size}) must divide the samples per epoch per process: "
                           f"sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "

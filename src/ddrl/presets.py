@@ -42,6 +42,28 @@ _ALIGNMENT = _SHAPES_COMMON | {
     "train.batch_size": 16, "train.clip_range": 1e-3, "model.lora_rank": 16, "model.lora_alpha": 16.0,
     "run.epochs": 25, "eval.grid_every": 5}
 
+# Flow-GRPO on the built-in flow model: groups of 8 images per prompt (8 prompts per epoch), 10
+# rollout steps and 20 ODE steps for evaluation, 2 optimizer steps per epoch (Flow-GRPO's GA =
+# batches / 2), group advantages with the batch std, zero-spread groups skipped.
+_FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts.eval_source": "shapes:heldout",
+         "reward.name": "shapes-verifier", "train.algorithm": "flow-grpo", "sample.sampler": "flow-sde",
+         "sample.noise_level": 0.7, "sample.num_steps": 10, "eval.num_steps": 20, "sample.batch_size": 32,
+         "sample.num_batches_per_epoch": 2, "sample.images_per_prompt": 8, "train.advantages": "group",
+         "train.batch_size": 16, "train.gradient_accumulation_steps": 2, "train.clip_range": 1e-3,
+         "model.lora_rank": 16, "model.lora_alpha": 16.0, "run.epochs": 25, "eval.grid_every": 5}
+
+# SD3.5-Medium paper settings (Flow-GRPO config/grpo.py geneval_sd3 / pickscore_sd3; DiffusionNFT
+# config/nft.py), written per GPU process for `accelerate launch` on 8 GPUs. GenEval and
+# PickScore rewards need their scorers (GenEval as a reward server). Not run in ddrl's tests.
+_SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_steps": 10, "eval.num_steps": 40,
+         "sample.guidance_scale": 4.5, "sample.sampler": "flow-sde", "sample.noise_level": 0.7,
+         "sample.batch_size": 9, "sample.images_per_prompt": 24, "sample.num_batches_per_epoch": 16,
+         "train.algorithm": "flow-grpo", "train.advantages": "group", "train.global_std": True,
+         "train.batch_size": 9, "train.gradient_accumulation_steps": 8, "train.learning_rate": 3e-4,
+         "train.clip_range": 1e-4, "train.timestep_fraction": 0.99, "model.lora_rank": 32,
+         "model.lora_alpha": 64.0, "run.mixed_precision": "fp16", "run.epochs": 1000,
+         "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
+
 PRESETS: dict[str, Preset] = {
     "shapes-alignment": Preset(
         "DDPO-IS on shapes-sd, reward = verifier partial credit on the training prompts "
@@ -58,6 +80,29 @@ PRESETS: dict[str, Preset] = {
     "shapes-incompressibility": Preset(
         "DDPO-IS on shapes-sd, reward = the JPEG size",
         _SHAPES_COMMON | {"reward.name": "jpeg-incompressibility", "train.advantages": "batch"}),
+    "shapes-flow-grpo": Preset(
+        "Flow-GRPO (Flow-SDE sampler) on shapes-flow with the verifier reward", _FLOW),
+    "shapes-flow-grpo-cps": Preset(
+        "Flow-GRPO with coefficients-preserving sampling (eta 0.8) on shapes-flow",
+        _FLOW | {"sample.sampler": "flow-cps", "sample.noise_level": 0.8}),
+    "shapes-pref-grpo": Preset(
+        "Pref-GRPO on shapes-flow: GRPO on within-group win rates of the verifier score",
+        _FLOW | {"train.algorithm": "pref-grpo"}),
+    "shapes-nft": Preset(
+        "DiffusionNFT on shapes-flow: ODE rollouts, no log-probs, no guidance in training",
+        _FLOW | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "train.cfg": False,
+                 "train.timestep_fraction": 0.5}),
+    "sd35-geneval-flow-grpo": Preset(
+        "Flow-GRPO's GenEval run on SD3.5-Medium (KL 0.04; GPU, untested here); reward via a GenEval server",
+        _SD35 | {"train.kl_coef": 0.04, "reward.name": "remote:http://127.0.0.1:18085"}),
+    "sd35-pickscore-flow-grpo": Preset(
+        "Flow-GRPO's PickScore run on SD3.5-Medium (KL 0.01; GPU, untested here)",
+        _SD35 | {"train.kl_coef": 0.01, "reward.name": "pickscore"}),
+    "sd35-geneval-nft": Preset(
+        "DiffusionNFT's GenEval run on SD3.5-Medium (CFG-free, ODE rollouts; GPU, untested here)",
+        _SD35 | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "sample.guidance_scale": 1.0,
+                 "train.cfg": False, "train.kl_coef": 1e-4, "train.nft_beta": 1.0, "train.nft_old_decay": "ramp",
+                 "reward.name": "remote:http://127.0.0.1:18085"}),
     "sd15-compressibility": Preset(
         "the DDPO paper's JPEG compressibility run on Stable Diffusion 1.4 (GPU; untested here)",
         _SD15 | {"reward.name": "jpeg-compressibility"}),

@@ -11,6 +11,16 @@ Euler step of the rectified-flow ODE dx/dsigma = v (Liu et al. 2023; SD3):
 
     x_next = x_t + (sigma_next - sigma) * v
 
+Flow-SDE (Flow-GRPO, Liu et al. 2025): the reverse-time SDE with the ODE's marginals, by
+Euler-Maruyama from sigma to sigma' = sigma - dt, with s = noise_level * sqrt(sigma / (1 - sigma)):
+
+    x_next = x_t - [v + s^2 / (2 sigma) * (x_t + (1 - sigma) v)] dt + s sqrt(dt) z
+
+Coefficients-preserving sampling (CPS, Wang & Yu 2025), eta = noise_level in [0, 1]:
+
+    x0_hat = x_t - sigma v,  x1_hat = x_t + (1 - sigma) v
+    x_next = (1 - sigma') x0_hat + sigma' cos(eta pi/2) x1_hat + sigma' sin(eta pi/2) z
+
 v- and x0-prediction models convert to eps first (`eps_from_prediction`), so one DDIM step
 serves all three parameterisations.
 
@@ -93,6 +103,57 @@ def flow_ode_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_ne
     return x_t.float() + (sigma_next - sigma) * velocity.float()
 
 
+def _sample_or_score(name: str, mean: Tensor, std: Tensor, noise: Tensor | None, x_prev: Tensor | None) -> Tensor:
+    if (noise is None) == (x_prev is None):
+        raise ValueError(f"{name} needs exactly one of `noise` (to sample) or `x_prev` (to score)")
+    return mean + std * noise.float() if x_prev is None else x_prev.float()
+
+
+def flow_sde_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
+                  noise_level: float, sigma_max: Tensor | float | None = None, noise: Tensor | None = None,
+                  x_prev: Tensor | None = None) -> Step:
+    """One Flow-SDE step. At sigma = 1, sqrt(sigma / (1 - sigma)) is infinite; as Flow-GRPO does,
+    `sigma_max` (the schedule's second sigma) stands in for it there. noise_level 0 is the Euler
+    ODE step, with a zero log-prob."""
+    if noise_level < 0:
+        raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+    x_t, v = x_t.float(), velocity.float()
+    sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float32), torch.as_tensor(sigma_next, dtype=torch.float32)
+    if noise_level == 0:
+        if x_prev is not None:
+            raise ValueError("flow_sde_step with noise_level 0 is the ODE; there is no log-prob to score")
+        x = flow_ode_step(x_t, v, sigma, sigma_next)
+        return Step(x, torch.zeros(x_t.shape[0]), x, torch.zeros(()))
+    s_eff = torch.where(sigma >= 1, torch.as_tensor(sigma_max if sigma_max is not None else 0.999), sigma)
+    s = noise_level * (s_eff / (1 - s_eff)).sqrt()
+    dt = sigma - sigma_next  # > 0
+    mean = x_t - (v + s**2 / (2 * sigma) * (x_t + (1 - sigma) * v)) * dt
+    std = s * dt.sqrt()
+    x = _sample_or_score("flow_sde_step", mean, std, noise, x_prev)
+    return Step(x, gaussian_log_prob_per_dim(x.detach(), mean, std), mean, std)
+
+
+def flow_cps_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
+                  noise_level: float, noise: Tensor | None = None, x_prev: Tensor | None = None) -> Step:
+    """One CPS step. Its log-prob is Flow-GRPO's: -mean_D (x_next - mean)^2, the Gaussian's
+    theta-dependent part without the 1/(2 std^2) scale, which stays finite at the last step
+    (std = sigma' sin(eta pi/2) = 0 there). eta 0 is the Euler ODE step."""
+    if not 0 <= noise_level <= 1:
+        raise ValueError(f"CPS needs noise_level (eta) in [0, 1], got {noise_level}")
+    x_t, v = x_t.float(), velocity.float()
+    sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float32), torch.as_tensor(sigma_next, dtype=torch.float32)
+    x0_hat, x1_hat = x_t - sigma * v, x_t + (1 - sigma) * v
+    angle = noise_level * math.pi / 2
+    mean = (1 - sigma_next) * x0_hat + sigma_next * math.cos(angle) * x1_hat
+    std = sigma_next * math.sin(angle)
+    if noise_level == 0:
+        if x_prev is not None:
+            raise ValueError("flow_cps_step with noise_level 0 is the ODE; there is no log-prob to score")
+        return Step(mean, torch.zeros(x_t.shape[0]), mean, torch.zeros(()))
+    x = _sample_or_score("flow_cps_step", mean, std, noise, x_prev)
+    return Step(x, -((x.detach() - mean) ** 2).flatten(1).mean(1), mean, std)
+
+
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> Tensor:
     """Stable Diffusion's "leading" DDIM spacing, highest first (as DDIMScheduler with
     steps_offset=1): for 50 steps, 981, 961, ..., 1."""
@@ -140,37 +201,114 @@ def ddim_schedule(num_steps: int, alphas_cumprod: Tensor, final_alpha_cumprod: f
     return DDIMSchedule(ts.long(), ab[ts], ab_prev)
 
 
+class DDIMSampler:
+    """DDIM with stochasticity eta over a DDIMSchedule; the network is fed DDPM timesteps."""
+
+    def __init__(self, schedule: DDIMSchedule, eta: float):
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        self.schedule, self.eta = schedule, eta
+        self.stochastic = torch.full((len(schedule),), eta > 0)
+
+    def __len__(self) -> int:
+        return len(self.schedule)
+
+    def model_time(self, j: Tensor) -> Tensor:
+        return self.schedule.timesteps[j]
+
+    def step(self, j: Tensor, x_t: Tensor, eps: Tensor, *, noise: Tensor | None = None,
+             x_prev: Tensor | None = None) -> Step:
+        view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
+        return ddim_step(x_t, eps, self.schedule.alpha_bar[j].view(view), self.schedule.alpha_bar_prev[j].view(view),
+                         eta=self.eta, noise=noise, x_prev=x_prev)
+
+
+FLOW_KINDS = ("ode", "sde", "cps")
+
+
+class FlowSampler:
+    """A flow-matching sampler over shifted sigmas (1 -> 0): Euler ODE, Flow-SDE or CPS steps.
+    With a window, only steps window_start .. window_start + window_size - 1 are stochastic and
+    the others are ODE steps (Flow-GRPO-Fast trains those steps only). The network is fed sigma."""
+
+    def __init__(self, sigmas: Tensor, kind: str = "sde", noise_level: float = 0.7, window_start: int = 0,
+                 window_size: int = 0):
+        if kind not in FLOW_KINDS:
+            raise ValueError(f"unknown flow sampler {kind!r}; expected one of {FLOW_KINDS}")
+        if kind == "cps" and not 0 <= noise_level <= 1:
+            raise ValueError(f"CPS needs noise_level (eta) in [0, 1], got {noise_level}")
+        if noise_level < 0:
+            raise ValueError(f"noise_level must be >= 0, got {noise_level}")
+        T = len(sigmas) - 1
+        size = window_size or T - window_start
+        if window_start < 0 or size < 1 or window_start + size > T:
+            raise ValueError(f"noise window [{window_start}, {window_start + size}) is outside the {T} steps")
+        self.sigmas, self.kind, self.noise_level = sigmas.float(), kind, noise_level
+        noisy = kind != "ode" and noise_level > 0
+        self.stochastic = torch.zeros(T, dtype=torch.bool)
+        self.stochastic[window_start:window_start + size] = noisy
+
+    def __len__(self) -> int:
+        return len(self.sigmas) - 1
+
+    def model_time(self, j: Tensor) -> Tensor:
+        return self.sigmas[j]
+
+    def step(self, j: Tensor, x_t: Tensor, v: Tensor, *, noise: Tensor | None = None,
+             x_prev: Tensor | None = None) -> Step:
+        j = torch.as_tensor(j)
+        stochastic = self.stochastic[j]
+        if not bool(stochastic.all()):
+            if bool(stochastic.any()):
+                raise ValueError("a batch of steps mixes ODE and stochastic steps; score them separately")
+            if x_prev is not None:
+                raise ValueError("ODE steps are deterministic; there is no log-prob to score")
+            view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
+            x = flow_ode_step(x_t, v, self.sigmas[j].view(view), self.sigmas[j + 1].view(view))
+            return Step(x, torch.zeros(x_t.shape[0]), x, torch.zeros(()))
+        view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
+        sigma, sigma_next = self.sigmas[j].view(view), self.sigmas[j + 1].view(view)
+        if self.kind == "sde":
+            return flow_sde_step(x_t, v, sigma, sigma_next, noise_level=self.noise_level, sigma_max=self.sigmas[1],
+                                 noise=noise, x_prev=x_prev)
+        return flow_cps_step(x_t, v, sigma, sigma_next, noise_level=self.noise_level, noise=noise, x_prev=x_prev)
+
+
 @dataclass(frozen=True)
 class Trajectory:
-    """One batch of DDIM rollouts: the states and actions of DDPO's denoising MDP."""
+    """One batch of rollouts: the states and actions of the denoising MDP."""
 
     latents: Tensor  # (B, T+1, C, H, W) x_T ... x_0, detached
-    log_probs: Tensor  # (B, T) log p(x_{t-1} | x_t) per-dim mean; carries the graph if rolled out with grad
-    schedule: DDIMSchedule
+    log_probs: Tensor  # (B, T) log p(x_next | x_t) per-dim mean (0 at deterministic steps); graph if rolled out with grad
+    sampler: DDIMSampler | FlowSampler
 
     @property
     def final(self) -> Tensor:
         return self.latents[:, -1]  # (B, C, H, W)
 
 
-def rollout(predict_eps: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, schedule: DDIMSchedule, *,
-            eta: float, noise: Callable[[], Tensor], on_step: Callable[[], None] = lambda: None) -> Trajectory:
-    """Run the DDIM sampler from x_T and record the trajectory.
+def rollout(predict: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sampler: DDIMSampler | FlowSampler | DDIMSchedule,
+            *, noise: Callable[[], Tensor], eta: float | None = None,
+            on_step: Callable[[], None] = lambda: None) -> Trajectory:
+    """Run a sampler from x_T and record the trajectory (a DDIMSchedule with `eta` is DDIM).
 
-    `predict_eps(x_t, t)` returns eps for the batch (with guidance, if any, applied by the
-    caller); `noise()` returns the step noise z, shaped like x_t, from the caller's generators.
-    Under torch.no_grad the log-probs are plain numbers; with grad enabled each log-prob keeps
-    its graph to the network (x_t itself is always detached: the MDP's state is not a function
-    of the parameters being differentiated)."""
+    `predict(x_t, t)` returns the network output (eps, or velocity for flow samplers) for the
+    batch, with guidance, if any, applied by the caller; `noise()` returns the step noise z,
+    shaped like x_t, from the caller's generators. Under torch.no_grad the log-probs are plain
+    numbers; with grad enabled each log-prob keeps its graph to the network (x_t itself is
+    always detached: the MDP's state is not a function of the parameters being differentiated)."""
+    if isinstance(sampler, DDIMSchedule):
+        sampler = DDIMSampler(sampler, eta if eta is not None else 0.0)
     x = x_T.float()
     latents, log_probs = [x], []
-    for j in range(len(schedule)):
-        t = schedule.timesteps[j].expand(x.shape[0]).to(x.device)
-        eps = predict_eps(x, t)
-        z = noise().to(x.device) if eta > 0 else None  # eta 0: deterministic, log-probs are 0
-        step = ddim_step(x, eps, schedule.alpha_bar[j], schedule.alpha_bar_prev[j], eta=eta, noise=z)
+    for j in range(len(sampler)):
+        jt = torch.tensor(j)
+        t = sampler.model_time(jt).expand(x.shape[0]).to(x.device)
+        out = predict(x, t)
+        z = noise().to(x.device) if sampler.stochastic[j] else None  # deterministic steps: log-prob 0
+        step = sampler.step(jt, x, out, noise=z)
         x = step.x_prev.detach()
         latents.append(x)
         log_probs.append(step.log_prob)
         on_step()
-    return Trajectory(torch.stack(latents, 1), torch.stack(log_probs, 1), schedule)
+    return Trajectory(torch.stack(latents, 1), torch.stack(log_probs, 1), sampler)

@@ -1,5 +1,6 @@
 """The DDPO update (Black et al. 2023, Algorithm 1 and section 4): re-score stored denoising
-steps under the current policy and descend the SF or IS (PPO-clip) loss.
+steps under the current policy and descend the SF or IS (PPO-clip) loss. Flow-GRPO (Liu et al.
+2025) is the same update over a flow sampler's stochastic steps, with group advantages.
 
 Loss scale: each optimizer step minimises the mean of the per-(sample, trained step) losses of
 its minibatches, as ddpo-pytorch does through accelerate's gradient accumulation.
@@ -14,7 +15,6 @@ from torch import Tensor
 
 from ..losses.ddpo import gaussian_kl_same_std, ppo_clip_loss, score_function_loss
 from ..models.policy import guided_prediction
-from ..sampling import ddim_step
 
 
 def _loss(algorithm: str, log_prob: Tensor, old_log_prob: Tensor, adv: Tensor, clip_range: float):
@@ -29,46 +29,55 @@ def ddpo_update(tr, ro, adv: Tensor, epoch: int) -> dict[str, float]:
     cfg, t = tr.cfg, tr.cfg.train
     n, T = ro.log_probs.shape
     k_train, ga, bs = cfg.trained_timesteps, t.gradient_accumulation_steps, t.batch_size
-    sched, policy = tr.schedule, tr.policy
+    sampler, policy = tr.sampler, tr.policy
+    stochastic = sampler.stochastic.nonzero().flatten()  # the steps that have log-probs
     w = cfg.sample.guidance_scale if t.cfg else 1.0
+    # GRPO groups whose rewards are all equal have advantage exactly 0: no policy gradient, so
+    # (as Flow-GRPO does) they are not re-scored at all
+    skip = adv == 0 if (t.filter_zero_std and t.advantages == "group") else torch.zeros_like(adv, dtype=torch.bool)
     stats: dict[str, list[float]] = defaultdict(list)
     for inner in range(t.num_inner_epochs):
         # The first pass keeps sampling order (already random; this keeps processes' minibatches
         # the slices of one global minibatch). Later passes shuffle locally.
         order = torch.arange(n) if inner == 0 else torch.randperm(n, generator=tr.generator(epoch, inner, -1))
         # Each sample trains on its own random subset of steps (timestep_fraction).
-        steps = torch.stack([torch.randperm(T, generator=tr.generator(epoch, inner, int(ro.global_idx[i])))
-                             for i in order])[:, :k_train]  # (n, k_train)
+        steps = torch.stack([stochastic[torch.randperm(len(stochastic), generator=tr.generator(
+            epoch, inner, int(ro.global_idx[i])))] for i in order])[:, :k_train]  # (n, k_train)
         for mb, start in enumerate(range(0, n, bs)):
             rows, mb_steps = order[start:start + bs], steps[start:start + bs]
-            for j0 in range(0, k_train, t.timesteps_per_forward):
+            n_rows = len(rows)  # the loss is a mean over all rows, skipped ones counting as 0
+            keep = ~skip[rows].cpu()
+            rows, mb_steps = rows[keep], mb_steps[keep]
+            for j0 in range(0, k_train if len(rows) else 0, t.timesteps_per_forward):
                 js = mb_steps[:, j0:j0 + t.timesteps_per_forward]  # (B, k)
                 r, s = rows[:, None].expand_as(js).flatten(), js.flatten()
                 x_t, x_prev = ro.latents[r, s], ro.latents[r, s + 1]
-                ab, ab_prev = sched.alpha_bar[s].view(-1, 1, 1, 1), sched.alpha_bar_prev[s].view(-1, 1, 1, 1)
                 cond = tr.cond_table[ro.prompt_ids[r]]
+                time = sampler.model_time(s).to(x_t.device)
                 with tr.accelerator.autocast():
-                    eps = guided_prediction(policy, x_t, sched.timesteps[s], cond, tr.uncond.repeat(len(r)), w)
-                step = ddim_step(x_t, eps, ab, ab_prev, eta=cfg.sample.eta, x_prev=x_prev)
+                    out = guided_prediction(policy, x_t, time, cond, tr.uncond.repeat(len(r)), w)
+                step = sampler.step(s, x_t, out, x_prev=x_prev)
                 old = ro.log_probs[r, s]
                 if inner == 0 and mb == 0:  # before any update: the recompute gap of the sampler
                     stats["train/logprob_gap"].append(float((step.log_prob.detach() - old).abs().max()))
                 terms, st = _loss(t.algorithm, step.log_prob, old, adv[r], t.clip_range)
                 if t.kl_coef > 0:
                     with torch.no_grad(), tr.reference(), tr.accelerator.autocast():
-                        eps_ref = guided_prediction(policy, x_t, sched.timesteps[s], cond,
-                                                    tr.uncond.repeat(len(r)), w)
-                    mean_ref = ddim_step(x_t, eps_ref, ab, ab_prev, eta=cfg.sample.eta, x_prev=x_prev).mean
+                        out_ref = guided_prediction(policy, x_t, time, cond, tr.uncond.repeat(len(r)), w)
+                    mean_ref = sampler.step(s, x_t, out_ref, x_prev=x_prev).mean
                     kl = gaussian_kl_same_std(step.mean, mean_ref, step.std)
                     terms = terms + t.kl_coef * kl
                     stats["train/kl_ref"].append(float(kl.detach().mean()))
-                (terms.sum() / (len(rows) * ga * k_train)).backward()
+                (terms.sum() / (n_rows * ga * k_train)).backward()
                 for key, v in st.items():
                     stats[f"train/{key}"].append(float(v))
                 stats["train/loss"].append(float(terms.detach().mean()))
             if (mb + 1) % ga == 0:
                 stats["train/grad_norm"].append(tr.optimizer_step())
-    return {k: sum(v) / len(v) for k, v in stats.items()} | {"train/logprob_gap": max(stats["train/logprob_gap"])}
+    out = {k: sum(v) / len(v) for k, v in stats.items() if v}
+    if stats["train/logprob_gap"]:
+        out["train/logprob_gap"] = max(stats["train/logprob_gap"])
+    return out
 
 
 def ddpo_single_pass_update(tr, ro, adv: Tensor, epoch: int) -> dict[str, float]:

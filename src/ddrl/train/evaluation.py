@@ -34,8 +34,9 @@ def _sample(tr, prompts: list[str], k: int, progress: bool):
     c = tr.cfg.sample
     ps = [p for p in prompts for _ in range(k)]
     seeds = [EVAL_SEED + i for i in range(len(ps))]
-    images = generate(tr.policy, ps, seeds, num_steps=c.num_steps, guidance_scale=c.guidance_scale,
-                      eta=c.eta, batch_size=max(c.batch_size, 16), progress=progress)
+    eta = c.eta if c.sampler == "ddim" else 0.0  # flow models are evaluated with the ODE, as Flow-GRPO does
+    images = generate(tr.policy, ps, seeds, num_steps=tr.cfg.eval_steps, guidance_scale=c.guidance_scale,
+                      eta=eta, batch_size=max(c.batch_size, 16), progress=progress)
     return ps, images
 
 

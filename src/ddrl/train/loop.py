@@ -24,18 +24,19 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..advantages import batch_advantages, per_prompt_advantages
+from ..advantages import batch_advantages, group_advantages, per_prompt_advantages, win_rates
 from ..config import Config, dump_yaml
 from ..losses.rwr import rwr_sparse_weights, rwr_weights
 from ..models.policy import ModelError, guided_prediction
 from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
-from ..sampling import rollout
+from ..sampling import DDIMSampler, FlowSampler, flow_sigmas, rollout
 from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
 from .ddpo import ddpo_single_pass_update, ddpo_update
 from .evaluation import evaluate, write_grid
 from .metrics import MetricsLog, plot_reward_curve
 from .report import write_report
+from .nft import nft_update
 from .rwr import rwr_update
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
@@ -76,14 +77,24 @@ class Trainer:
         from ..models.loading import load_policy
 
         self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
-        if self.policy.prediction != "epsilon":
-            raise ModelError(f"{cfg.model.name!r} is a flow-matching (velocity) model; DDPO and RWR train "
-                             "DDIM diffusion models (epsilon, v or x0 prediction)")
-        self.schedule = self.policy.schedule(cfg.sample.num_steps)
+        flow_model = self.policy.prediction == "velocity"
+        if flow_model and cfg.sample.sampler == "ddim":
+            raise ModelError(f"{cfg.model.name!r} is a flow-matching (velocity) model; {cfg.train.algorithm} trains "
+                             "DDIM diffusion models. Use train.algorithm flow-grpo, pref-grpo or nft with "
+                             "sample.sampler flow-sde, flow-cps or flow-ode")
+        if not flow_model and cfg.sample.sampler != "ddim":
+            raise ModelError(f"{cfg.model.name!r} is a diffusion model (it predicts {self.policy.prediction}); "
+                             f"sample.sampler {cfg.sample.sampler} and train.algorithm {cfg.train.algorithm} need a "
+                             "flow-matching (velocity) model such as shapes-flow, SD3 or FLUX")
+        self.sampler = self.make_sampler(cfg.sample.num_steps)
         with torch.no_grad():  # validates every prompt against the model before any work
             self.cond_table = self.policy.encode(self.train_prompts)
             self.uncond = self.policy.encode([""])
         self.params = self._make_trainable()
+        # DiffusionNFT's old (sampling) policy: its own copy of the trained weights, moved toward
+        # them by an EMA after each epoch
+        self.nft_old = ({k: v.clone() for k, v in self.trainable_state().items()}
+                        if cfg.train.algorithm == "nft" else None)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.train.weight_decay,
                                            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
         self.prompt_buffers: dict[str, list[float]] = {}
@@ -91,6 +102,29 @@ class Trainer:
         self._stop = False
 
     # ------------------------------------------------------------------ setup
+    def make_sampler(self, num_steps: int):
+        s = self.cfg.sample
+        if s.sampler == "ddim":
+            return DDIMSampler(self.policy.schedule(num_steps), s.eta)
+        sigmas = flow_sigmas(num_steps, self.policy.shift, self.policy.num_train_timesteps)
+        return FlowSampler(sigmas, s.sampler.removeprefix("flow-"), s.noise_level, s.noise_window_start,
+                           s.noise_window_size)
+
+    @contextlib.contextmanager
+    def old_policy(self):
+        """DiffusionNFT's old policy: its weights swapped into the denoiser for the duration."""
+        params = dict(self.policy.denoiser.named_parameters())
+        with torch.no_grad():
+            current = {k: params[k].detach().clone() for k in self.nft_old}
+            for k, v in self.nft_old.items():
+                params[k].copy_(v)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for k, v in current.items():
+                    params[k].copy_(v)
+
     def _make_trainable(self) -> list[torch.nn.Parameter]:
         net, m = self.policy.denoiser, self.cfg.model
         if m.lora:
@@ -163,8 +197,9 @@ class Trainer:
             uncond = self.uncond.repeat(len(cond))
             x_T = noise().to(self.accelerator.device)
             with torch.set_grad_enabled(single_pass), self.accelerator.autocast():
-                traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
-                               x_T, self.schedule, eta=cfg.sample.eta, noise=noise, on_step=lambda: bar.update(1))
+                with self.old_policy() if self.nft_old is not None else contextlib.nullcontext():
+                    traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
+                                   x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
             with torch.no_grad():
                 images = policy.decode(traj.final).cpu()
             prompts = [self.train_prompts[i] for i in pids[sl]]
@@ -227,6 +262,15 @@ class Trainer:
         t = self.cfg.train
         if t.advantages == "batch":
             return batch_advantages(rewards)
+        if t.advantages == "group":  # samples i with equal i // images_per_prompt share a prompt
+            groups = torch.arange(len(rewards)) // self.cfg.sample.images_per_prompt
+            if t.algorithm == "pref-grpo":
+                rewards = win_rates(torch.sigmoid(rewards[:, None] - rewards[None, :]), groups)
+                metrics["reward/win_rate_std"] = float(rewards.std(unbiased=False))
+            adv = group_advantages(rewards, groups, global_std=t.global_std)
+            spread = [bool((rewards[groups == g] != rewards[groups == g][0]).any()) for g in groups.unique()]
+            metrics["prompts/zero_std_ratio"] = 1 - sum(spread) / len(spread)
+            return adv
         prompts = [self.train_prompts[i] for i in pids]
         adv, self.prompt_buffers = per_prompt_advantages(prompts, rewards, self.prompt_buffers,
                                                          buffer_size=t.buffer_size, min_count=t.min_count)
@@ -262,6 +306,11 @@ class Trainer:
             extra = {}
             if self.cfg.model.lora:
                 extra["lora"] = lambda d: save_lora(self.policy, d)
+            if self.nft_old is not None:
+                from safetensors.torch import save_file
+
+                extra["nft_old"] = lambda d: save_file({k: v.contiguous().cpu() for k, v in self.nft_old.items()},
+                                                       str(d / "nft_old.safetensors"))
             save_checkpoint(self.run_dir / "checkpoints", epoch, self.trainable_state(), self.optimizer,
                             {"prompt_buffers": self.prompt_buffers}, extra, keep=self.cfg.run.keep_checkpoints)
         self.accelerator.wait_for_everyone()
@@ -279,6 +328,10 @@ class Trainer:
         load_optimizer(self.optimizer, {k: v.to(self.accelerator.device) for k, v in opt_tensors.items()}, groups)
         self.prompt_buffers = state["prompt_buffers"]
         self.epoch = state["epoch"]
+        if self.nft_old is not None:
+            from safetensors.torch import load_file
+
+            self.nft_old = {k: v.to(self.accelerator.device) for k, v in load_file(str(path / "nft_old.safetensors")).items()}
 
     # ------------------------------------------------------------------ the run
     def train(self, resume: bool = False) -> dict:
@@ -399,14 +452,19 @@ def _ddpo(tr: Trainer, ro: Rollouts, adv: Tensor, epoch: int) -> dict[str, float
 
 # algorithm -> (per-sample training signal from the gathered rewards, update)
 UPDATES = {"ddpo-is": (_clipped_advantages, _ddpo), "ddpo-sf": (_clipped_advantages, _ddpo),
-         "rwr": (_rwr_weights, rwr_update)}
+           "rwr": (_rwr_weights, rwr_update), "flow-grpo": (_clipped_advantages, _ddpo),
+           "pref-grpo": (_clipped_advantages, _ddpo), "nft": (_clipped_advantages, nft_update)}
 
 
 def save_lora(policy, folder: Path) -> None:
     """The LoRA in the diffusers format `pipe.load_lora_weights(folder)` reads."""
-    from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(policy.denoiser))
-    StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
+    if policy.prediction == "velocity":  # SD3 family: a transformer
+        type(policy.pipe).save_lora_weights(str(folder), transformer_lora_layers=layers, safe_serialization=True)
+    else:
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=layers, safe_serialization=True)
