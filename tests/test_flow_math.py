@@ -69,7 +69,9 @@ def test_cps_total_noise_std_at_each_step_is_the_schedules_sigma(eta):
 def test_sample_then_score_gives_the_same_log_prob(state, kind, eta):
     x, v, g = state
     sampler = FlowSampler(flow_sigmas(8, shift=3.0), kind, eta)
-    for j in range(8):
+    # every SDE step is stochastic; CPS's last step (to sigma' = 0) has std 0 and is an ODE step
+    assert sampler.stochastic.tolist() == [True] * 8 if kind == "sde" else [True] * 7 + [False]
+    for j in sampler.stochastic.nonzero().flatten().tolist():
         jt = torch.tensor(j)
         drawn = sampler.step(jt, x, v, noise=torch.randn(x.shape, generator=g))
         scored = sampler.step(jt, x, v, x_prev=drawn.x_prev)

@@ -189,7 +189,9 @@ class Config:
         s = self.sample
         if s.sampler == "ddim":
             return s.num_steps
-        return s.noise_window_size or s.num_steps - s.noise_window_start
+        size = s.noise_window_size or s.num_steps - s.noise_window_start
+        # CPS's last step (to sigma = 0) adds no noise: it is an ODE step
+        return size - int(s.sampler == "flow-cps" and s.noise_window_start + size == s.num_steps)
 
     @property
     def trained_timesteps(self) -> int:
@@ -265,6 +267,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"the noise window [{s.noise_window_start}, {s.noise_window_start + size}) "
                               f"(sample.noise_window_start, sample.noise_window_size) is outside the "
                               f"{s.num_steps} steps (sample.num_steps)")
+        if t.algorithm in ("flow-grpo", "pref-grpo") and cfg.stochastic_steps < 1:
+            raise ConfigError("the noise window holds only CPS's last step, which adds no noise: no step to train")
         if t.algorithm in ("flow-grpo", "pref-grpo") and (s.sampler == "flow-ode" or s.noise_level == 0):
             raise ConfigError(f"{t.algorithm} needs a stochastic sampler (flow-sde or flow-cps with "
                               "sample.noise_level > 0) for its log-probs; nft can use flow-ode")

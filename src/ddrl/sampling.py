@@ -247,6 +247,8 @@ class FlowSampler:
         noisy = kind != "ode" and noise_level > 0
         self.stochastic = torch.zeros(T, dtype=torch.bool)
         self.stochastic[window_start:window_start + size] = noisy
+        if kind == "cps":  # CPS's std is sigma' sin(eta pi/2): the step to sigma' = 0 adds no noise
+            self.stochastic &= self.sigmas[1:] > 0
 
     def __len__(self) -> int:
         return len(self.sigmas) - 1
