@@ -73,3 +73,28 @@ def tiny_blip_folder(tmp_path_factory):
 def tiny_vlm_folder(tmp_path_factory):
     from ddrl.rewards.tiny import tiny_vlm
     return tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_folder(tmp_path_factory):
+    """A random-weight FLUX.1 pipeline (CLIP + T5, a 1+1-block transformer with guidance embedding,
+    dynamic shifting) built from configs."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    from ddrl.pretrain import components as C
+
+    tok, tok3 = C.make_clip_tokenizer(), C.make_t5_tokenizer()
+    torch.manual_seed(8)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * C.LATENT_CHANNELS, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6))
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, use_dynamic_shifting=True, base_shift=0.5,
+                                                max_shift=1.15, base_image_seq_len=16, max_image_seq_len=256)
+    pipe = FluxPipeline(scheduler=scheduler, vae=C.make_vae(seed=1), text_encoder=C.make_clip_text_model(tok, hidden=16, seed=9),
+                        tokenizer=tok, text_encoder_2=C.make_t5_text_model(tok3, d_model=32, seed=10),
+                        tokenizer_2=tok3, transformer=transformer)
+    path = tmp_path_factory.mktemp("tiny-flux")
+    pipe.save_pretrained(path)
+    (path / "ddrl.json").write_text('{"resolution": 48, "max_sequence_length": 16}')
+    return path

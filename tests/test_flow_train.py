@@ -1,6 +1,7 @@
 """Flow-GRPO, Pref-GRPO and DiffusionNFT in the training loop, on a tiny SD3 pipeline built from
 configs (the SD3/SD3.5 adapter end to end) and on the built-in shapes-flow model."""
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -88,6 +89,24 @@ def test_pref_grpo_trains_on_win_rates(tiny_sd3_folder, tmp_path):
     assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
 
 
+def _lora_reproduces_the_trained_denoiser(folder, run_dir, cfg, pipeline_cls):
+    """The exported LoRA, loaded by diffusers into a fresh pipeline, gives the trained model's output."""
+    tr = Trainer(cfg, run_dir)
+    tr.load(sorted((run_dir / "checkpoints").glob("epoch_*"))[-1])
+    pipe = pipeline_cls.from_pretrained(folder)
+    pipe.load_lora_weights(str(run_dir / "lora"))
+    x = torch.randn(2, *tr.policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    t, cond = torch.tensor([0.9, 0.3]), tr.cond_table[:2]
+    with torch.no_grad():
+        ours = tr.policy.predict(x, t, cond)
+        tr.policy.denoiser = pipe.transformer
+        theirs = tr.policy.predict(x, t, cond)
+        tr.policy.denoiser = pipeline_cls.from_pretrained(folder).transformer
+        base = tr.policy.predict(x, t, cond)
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(base, ours, atol=1e-6)  # the LoRA changed the model
+
+
 def test_flow_run_exports_an_sd3_lora_that_reproduces_the_trained_transformer(tiny_sd3_folder, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
@@ -95,20 +114,7 @@ def test_flow_run_exports_an_sd3_lora_that_reproduces_the_trained_transformer(ti
 
     cfg = flow_config(tiny_sd3_folder, **{"run.epochs": 1, "run.output_dir": str(tmp_path)})
     train(cfg, tmp_path)
-    tr = Trainer(cfg, tmp_path)
-    tr.load(sorted((tmp_path / "checkpoints").glob("epoch_*"))[-1])
-    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder)
-    pipe.load_lora_weights(str(tmp_path / "lora"))
-    x = torch.randn(2, *tr.policy.latent_shape, generator=torch.Generator().manual_seed(0))
-    t, cond = torch.tensor([0.9, 0.3]), tr.cond_table[:2]
-    with torch.no_grad():
-        ours = tr.policy.predict(x, t, cond)
-        tr.policy.denoiser = pipe.transformer
-        theirs = tr.policy.predict(x, t, cond)
-        tr.policy.denoiser = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder).transformer
-        base = tr.policy.predict(x, t, cond)
-    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(base, ours, atol=1e-6)  # the LoRA changed the model
+    _lora_reproduces_the_trained_denoiser(tiny_sd3_folder, tmp_path, cfg, StableDiffusion3Pipeline)
 
 
 @pytest.mark.parametrize("overrides,message", [
@@ -130,3 +136,37 @@ def test_model_kind_mismatches_are_refused_before_training(tiny_sd_folder, tiny_
     ddpo = apply_overrides(Config(), {"model.name": str(tiny_sd3_folder), "reward.name": "jpeg-compressibility"})
     with pytest.raises(ModelError, match="flow-matching \\(velocity\\) model; ddpo-is trains"):
         Trainer(ddpo, tmp_path)
+
+
+def test_flux_adapter_reproduces_the_diffusers_pipeline(tiny_flux_folder):
+    """Packing, position ids, embedded guidance and the dynamic-shift sigmas: ddrl's ODE rollout
+    of a FLUX model gives FluxPipeline's latents."""
+    from diffusers import FluxPipeline
+
+    from ddrl.models import load_policy
+    from ddrl.models.flux import pack, unpack
+    from ddrl.sampling import FlowSampler, rollout
+
+    policy = load_policy(str(tiny_flux_folder))
+    assert policy.latent_shape == (4, 12, 12)
+    x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0))
+    cond = policy.encode(["a red circle"])
+    with torch.no_grad():
+        ours = rollout(lambda z, t: policy.predict(z, t, cond), x, FlowSampler(policy.sigmas(4), "ode", 0.0),
+                       noise=None).final
+        theirs = FluxPipeline.from_pretrained(tiny_flux_folder)(
+            ["a red circle"], height=48, width=48, num_inference_steps=4, guidance_scale=3.5, latents=pack(x),
+            output_type="latent", max_sequence_length=16).images
+    torch.testing.assert_close(ours, unpack(theirs, 12, 12), atol=1e-5, rtol=0)
+
+
+def test_flow_grpo_trains_flux_and_exports_its_lora(tiny_flux_folder, tmp_path):
+    from diffusers import FluxPipeline
+
+    from ddrl.train import train
+
+    cfg = flow_config(tiny_flux_folder, **{"run.epochs": 1, "run.output_dir": str(tmp_path), "train.kl_coef": 0.01})
+    train(cfg, tmp_path)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["train/logprob_gap"] == 0.0 and rows[0]["train/kl_ref"] >= 0
+    _lora_reproduces_the_trained_denoiser(tiny_flux_folder, tmp_path, cfg, FluxPipeline)

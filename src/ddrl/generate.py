@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .models.policy import Policy, guided_prediction
-from .sampling import ddim_step, flow_ode_step, flow_sigmas
+from .sampling import ddim_step, flow_ode_step
 
 
 def _randn(shape: tuple[int, ...], gens: Sequence[torch.Generator]) -> Tensor:
@@ -33,7 +33,7 @@ def _denoise(policy: Policy, x: Tensor, cond, uncond, gens, *, num_steps: int,
             x = ddim_step(x, eps, sched.alpha_bar[j], sched.alpha_bar_prev[j], eta=eta, noise=noise).x_prev
             on_step()
         return x
-    sigmas = flow_sigmas(num_steps, policy.shift, policy.num_train_timesteps)
+    sigmas = policy.sigmas(num_steps)
     for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
         v = guided_prediction(policy, x, torch.full((b,), s, device=device), cond, uncond,
                               guidance_scale)

@@ -43,13 +43,14 @@ _ALIGNMENT = _SHAPES_COMMON | {
     "run.epochs": 25, "eval.grid_every": 5}
 
 # Flow-GRPO on the built-in flow model: groups of 8 images per prompt (8 prompts per epoch), 10
-# rollout steps and 20 ODE steps for evaluation, 2 optimizer steps per epoch (Flow-GRPO's GA =
-# batches / 2), group advantages with the batch std, zero-spread groups skipped.
+# rollout steps and 20 ODE steps for evaluation, group advantages with the batch std, zero-spread
+# groups skipped, 4 PPO minibatches per epoch (as the DDPO preset: with 2, as Flow-GRPO's GA =
+# batches / 2 gives, the reward rose by 0.015 in 19 epochs).
 _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts.eval_source": "shapes:heldout",
          "reward.name": "shapes-verifier", "train.algorithm": "flow-grpo", "sample.sampler": "flow-sde",
          "sample.noise_level": 0.7, "sample.num_steps": 10, "eval.num_steps": 20, "sample.batch_size": 32,
          "sample.num_batches_per_epoch": 2, "sample.images_per_prompt": 8, "train.advantages": "group",
-         "train.batch_size": 16, "train.gradient_accumulation_steps": 2, "train.clip_range": 1e-3,
+         "train.batch_size": 16, "train.clip_range": 1e-3,
          "model.lora_rank": 16, "model.lora_alpha": 16.0, "run.epochs": 25, "eval.grid_every": 5}
 
 # SD3.5-Medium paper settings (Flow-GRPO config/grpo.py geneval_sd3 / pickscore_sd3; DiffusionNFT

@@ -179,6 +179,15 @@ def flow_sigmas(num_steps: int, shift: float = 1.0, num_train_timesteps: int = 1
     return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)]).float()
 
 
+def flux_sigmas(num_steps: int, shift: float = 1.0) -> Tensor:
+    """FluxPipeline's (num_steps + 1,) sigmas: linspace(1, 1/num_steps), shifted, then 0."""
+    if num_steps < 1:
+        raise ValueError(f"steps must be >= 1, got {num_steps}")
+    s = torch.linspace(1.0, 1.0 / num_steps, num_steps, dtype=torch.float64)
+    s = shift * s / (1 + (shift - 1) * s)
+    return torch.cat([s, torch.zeros(1, dtype=torch.float64)]).float()
+
+
 @dataclass(frozen=True)
 class DDIMSchedule:
     """The T sampling steps of DDIM as tensors, highest timestep first."""

@@ -16,7 +16,7 @@ BUILTIN = {
     "shapes-sd": "epsilon-prediction latent diffusion, Stable Diffusion layout (UNet)",
     "shapes-flow": "rectified-flow model, Stable Diffusion 3 layout (MMDiT)",
 }
-_PIPELINES = ("StableDiffusionPipeline", "StableDiffusion3Pipeline")
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -77,8 +77,9 @@ def vocabulary_check(vocab: Sequence[str]):
 
 
 def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32) -> Policy:
-    """Load a Stable Diffusion 1.x/2.x or SD3 pipeline as a `Policy`."""
+                dtype: torch.dtype = torch.float32, resolution: int | None = None) -> Policy:
+    """Load a Stable Diffusion 1.x/2.x, SD3/3.5 or FLUX.1 pipeline as a `Policy`. `resolution`
+    (pixels) sets FLUX's image size; a folder's ddrl.json may give it too."""
     where, local = resolve(name_or_path)
     index = _read_index(where, local)
     cls = index.get("_class_name")
@@ -110,6 +111,11 @@ def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
         from .stable_diffusion import StableDiffusionPolicy
 
         return StableDiffusionPolicy(pipe, prompt_check=check)
+    if cls == "FluxPipeline":
+        from .flux import FluxPolicy
+
+        return FluxPolicy(pipe, max_sequence_length=meta.get("max_sequence_length", 512),
+                          resolution=resolution or meta.get("resolution"), prompt_check=check)
     from .sd3 import SD3Policy
 
     return SD3Policy(pipe, max_sequence_length=meta.get("max_sequence_length", 256), prompt_check=check)

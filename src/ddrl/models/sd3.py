@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..sampling import flow_sigmas
 from .policy import Cond, adapters_disabled
 
 
@@ -30,6 +31,10 @@ class SD3Policy:
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         size = pipe.transformer.config.sample_size
         self.latent_shape = (pipe.transformer.config.in_channels, size, size)
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        """The (num_steps + 1,) flow times of StableDiffusion3Pipeline's scheduler, 1 -> 0."""
+        return flow_sigmas(num_steps, self.shift, self.num_train_timesteps)
 
     @property
     def device(self) -> torch.device:

@@ -30,7 +30,7 @@ from ..losses.rwr import rwr_sparse_weights, rwr_weights
 from ..models.policy import ModelError, guided_prediction
 from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
-from ..sampling import DDIMSampler, FlowSampler, flow_sigmas, rollout
+from ..sampling import DDIMSampler, FlowSampler, rollout
 from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
 from .ddpo import ddpo_single_pass_update, ddpo_update
 from .evaluation import evaluate, write_grid
@@ -106,8 +106,7 @@ class Trainer:
         s = self.cfg.sample
         if s.sampler == "ddim":
             return DDIMSampler(self.policy.schedule(num_steps), s.eta)
-        sigmas = flow_sigmas(num_steps, self.policy.shift, self.policy.num_train_timesteps)
-        return FlowSampler(sigmas, s.sampler.removeprefix("flow-"), s.noise_level, s.noise_window_start,
+        return FlowSampler(self.policy.sigmas(num_steps), s.sampler.removeprefix("flow-"), s.noise_level, s.noise_window_start,
                            s.noise_window_size)
 
     @contextlib.contextmanager
