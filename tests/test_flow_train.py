@@ -170,3 +170,22 @@ def test_flow_grpo_trains_flux_and_exports_its_lora(tiny_flux_folder, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["train/logprob_gap"] == 0.0 and rows[0]["train/kl_ref"] >= 0
     _lora_reproduces_the_trained_denoiser(tiny_flux_folder, tmp_path, cfg, FluxPipeline)
+
+
+def test_ema_of_the_trained_weights_follows_each_optimizer_step_and_is_checkpointed(tiny_sd3_folder, tmp_path):
+    """One optimizer step per epoch: ema = 0.9 theta_0 + 0.1 theta_1."""
+    cfg = flow_config(tiny_sd3_folder, **{"train.ema_decay": 0.9, "sample.num_batches_per_epoch": 1,
+                                          "run.epochs": 1, "run.output_dir": str(tmp_path)})
+    assert cfg.optimizer_steps_per_epoch == 1
+    tr = Trainer(cfg, tmp_path)
+    theta0 = {k: v.clone() for k, v in tr.trainable_state().items()}
+    tr.run_epoch(0, ThreadPoolExecutor(1))
+    assert _changed(theta0, tr)
+    for k, v in tr.trainable_state().items():
+        torch.testing.assert_close(tr.ema[k], 0.9 * theta0[k] + 0.1 * v)
+    tr.epoch = 1
+    tr.save(1)
+    again = Trainer(cfg, tmp_path)
+    again.load(tmp_path / "checkpoints" / "epoch_000001")
+    for k in tr.ema:
+        torch.testing.assert_close(again.ema[k], tr.ema[k], atol=0, rtol=0)

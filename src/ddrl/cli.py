@@ -384,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="fine-tune a model with RL against a reward",
-                       description="Fine-tune with DDPO-IS, DDPO-SF or RWR. With no arguments: DDPO-IS on "
+                       description="Fine-tune with DDPO-IS, DDPO-SF or RWR (diffusion models), or Flow-GRPO, "
+                       "Pref-GRPO or DiffusionNFT (flow-matching models). With no arguments: DDPO-IS on "
                        "the built-in shapes-sd model with the shapes verifier reward (about 10 minutes on a "
                        "laptop CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
                        "`ddrl presets` lists the presets.")

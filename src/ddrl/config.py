@@ -106,6 +106,9 @@ class TrainConfig:
     """group advantages divide by the batch's std (Flow-GRPO's default) instead of the group's"""
     filter_zero_std: bool = True
     """skip training on groups whose rewards are all equal (their advantages are 0)"""
+    ema_decay: float = 0.0
+    """EMA of the trained weights after each optimizer step (Flow-GRPO: 0.9), used for evaluation,
+    grids and the exported LoRA; 0 disables it"""
     nft_beta: float = 1.0
     """DiffusionNFT: strength beta of the implicit positive/negative policies"""
     nft_old_decay: str = "ramp"
@@ -276,6 +279,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.advantages group needs sample.images_per_prompt >= 2 (the group size)")
     if t.algorithm == "pref-grpo" and t.advantages != "group":
         raise ConfigError("pref-grpo computes win rates within groups: set train.advantages to group")
+    if not 0 <= t.ema_decay < 1:
+        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.nft_old_decay not in ("none", "ramp", "delayed"):
         raise ConfigError(f"train.nft_old_decay must be none, ramp or delayed, got {t.nft_old_decay!r}")
     if cfg.eval.num_steps < 0:

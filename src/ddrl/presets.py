@@ -51,7 +51,7 @@ _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts
          "sample.noise_level": 0.7, "sample.num_steps": 10, "eval.num_steps": 20, "sample.batch_size": 32,
          "sample.num_batches_per_epoch": 2, "sample.images_per_prompt": 8, "train.advantages": "group",
          "train.batch_size": 16, "train.clip_range": 1e-3,
-         "model.lora_rank": 16, "model.lora_alpha": 16.0, "run.epochs": 25, "eval.grid_every": 5}
+         "model.lora_rank": 16, "model.lora_alpha": 16.0, "run.epochs": 40, "eval.grid_every": 10}
 
 # SD3.5-Medium paper settings (Flow-GRPO config/grpo.py geneval_sd3 / pickscore_sd3; DiffusionNFT
 # config/nft.py), written per GPU process for `accelerate launch` on 8 GPUs. GenEval and
@@ -90,9 +90,9 @@ PRESETS: dict[str, Preset] = {
         "Pref-GRPO on shapes-flow: GRPO on within-group win rates of the verifier score",
         _FLOW | {"train.algorithm": "pref-grpo"}),
     "shapes-nft": Preset(
-        "DiffusionNFT on shapes-flow: ODE rollouts, no log-probs, no guidance in training",
-        _FLOW | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "train.cfg": False,
-                 "train.timestep_fraction": 0.5}),
+        "DiffusionNFT on shapes-flow: CFG-free ODE rollouts, no log-probs",
+        _FLOW | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "sample.guidance_scale": 1.0,
+                 "train.cfg": False, "train.timestep_fraction": 0.5}),
     "sd35-geneval-flow-grpo": Preset(
         "Flow-GRPO's GenEval run on SD3.5-Medium (KL 0.04; GPU, untested here); reward via a GenEval server",
         _SD35 | {"train.kl_coef": 0.04, "reward.name": "remote:http://127.0.0.1:18085"}),

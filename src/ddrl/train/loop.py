@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -95,6 +96,8 @@ class Trainer:
         # them by an EMA after each epoch
         self.nft_old = ({k: v.clone() for k, v in self.trainable_state().items()}
                         if cfg.train.algorithm == "nft" else None)
+        # an EMA of the trained weights, for evaluation and export (Flow-GRPO's option)
+        self.ema = {k: v.clone() for k, v in self.trainable_state().items()} if cfg.train.ema_decay > 0 else None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.train.weight_decay,
                                            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
         self.prompt_buffers: dict[str, list[float]] = {}
@@ -110,12 +113,15 @@ class Trainer:
                            s.noise_window_size)
 
     @contextlib.contextmanager
-    def old_policy(self):
-        """DiffusionNFT's old policy: its weights swapped into the denoiser for the duration."""
+    def _swapped(self, weights: dict[str, Tensor] | None):
+        """`weights` copied into the trainable parameters for the duration (nothing if None)."""
+        if weights is None:
+            yield
+            return
         params = dict(self.policy.denoiser.named_parameters())
         with torch.no_grad():
-            current = {k: params[k].detach().clone() for k in self.nft_old}
-            for k, v in self.nft_old.items():
+            current = {k: params[k].detach().clone() for k in weights}
+            for k, v in weights.items():
                 params[k].copy_(v)
         try:
             yield
@@ -123,6 +129,14 @@ class Trainer:
             with torch.no_grad():
                 for k, v in current.items():
                     params[k].copy_(v)
+
+    def old_policy(self):
+        """DiffusionNFT's old (sampling) policy."""
+        return self._swapped(self.nft_old)
+
+    def eval_weights(self):
+        """The weights that are evaluated and exported: the EMA when there is one."""
+        return self._swapped(self.ema)
 
     def _make_trainable(self) -> list[torch.nn.Parameter]:
         net, m = self.policy.denoiser, self.cfg.model
@@ -196,7 +210,7 @@ class Trainer:
             uncond = self.uncond.repeat(len(cond))
             x_T = noise().to(self.accelerator.device)
             with torch.set_grad_enabled(single_pass), self.accelerator.autocast():
-                with self.old_policy() if self.nft_old is not None else contextlib.nullcontext():
+                with self.old_policy():
                     traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
                                    x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
             with torch.no_grad():
@@ -228,6 +242,11 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            d = self.cfg.train.ema_decay
+            with torch.no_grad():
+                for k, v in self.trainable_state().items():
+                    self.ema[k].mul_(d).add_(v, alpha=1 - d)
         return float(norm)
 
     def run_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> dict[str, float]:
@@ -304,12 +323,14 @@ class Trainer:
         if self.is_main:
             extra = {}
             if self.cfg.model.lora:
-                extra["lora"] = lambda d: save_lora(self.policy, d)
-            if self.nft_old is not None:
-                from safetensors.torch import save_file
-
-                extra["nft_old"] = lambda d: save_file({k: v.contiguous().cpu() for k, v in self.nft_old.items()},
-                                                       str(d / "nft_old.safetensors"))
+                def lora(d):
+                    with self.eval_weights():
+                        save_lora(self.policy, d)
+                extra["lora"] = lora
+            for name, weights in (("nft_old", self.nft_old), ("ema", self.ema)):
+                if weights is not None:
+                    extra[name] = lambda d, name=name, weights=weights: save_file(
+                        {k: v.contiguous().cpu() for k, v in weights.items()}, str(d / f"{name}.safetensors"))
             save_checkpoint(self.run_dir / "checkpoints", epoch, self.trainable_state(), self.optimizer,
                             {"prompt_buffers": self.prompt_buffers}, extra, keep=self.cfg.run.keep_checkpoints)
         self.accelerator.wait_for_everyone()
@@ -327,10 +348,11 @@ class Trainer:
         load_optimizer(self.optimizer, {k: v.to(self.accelerator.device) for k, v in opt_tensors.items()}, groups)
         self.prompt_buffers = state["prompt_buffers"]
         self.epoch = state["epoch"]
+        device = self.accelerator.device
         if self.nft_old is not None:
-            from safetensors.torch import load_file
-
-            self.nft_old = {k: v.to(self.accelerator.device) for k, v in load_file(str(path / "nft_old.safetensors")).items()}
+            self.nft_old = {k: v.to(device) for k, v in load_file(str(path / "nft_old.safetensors")).items()}
+        if self.ema is not None:
+            self.ema = {k: v.to(device) for k, v in load_file(str(path / "ema.safetensors")).items()}
 
     # ------------------------------------------------------------------ the run
     def train(self, resume: bool = False) -> dict:
@@ -403,14 +425,16 @@ class Trainer:
             return json.loads(path.read_text())
         result = {}
         if self.is_main:
-            result = evaluate(self, tag)
+            with self.eval_weights():
+                result = evaluate(self, tag)
             path.write_text(json.dumps(result, indent=1))
         self.accelerator.wait_for_everyone()
         return result if self.is_main else json.loads(path.read_text())
 
     def _grid(self, name: str) -> None:
         if self.is_main:
-            write_grid(self, name)
+            with self.eval_weights():
+                write_grid(self, name)
         self.accelerator.wait_for_everyone()
 
     def _print(self, epoch: int, m: dict) -> None:
@@ -423,7 +447,8 @@ class Trainer:
     def _finish(self, rows: list[dict], before: dict, after: dict) -> None:
         cfg, run_dir = self.cfg, self.run_dir
         if cfg.model.lora:
-            save_lora(self.policy, run_dir / "lora")
+            with self.eval_weights():
+                save_lora(self.policy, run_dir / "lora")
         evals = {"held-out reward before (fixed seeds)": (0, before["heldout"]["reward"]),
                  "held-out reward after (fixed seeds)": (self.epoch, after["heldout"]["reward"])}
         plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)
