@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..sampling import flux_sigmas
-from .policy import Cond, adapters_disabled
+from .policy import Cond, adapters_disabled, decode_latents
 
 
 def pack(latents: Tensor) -> Tensor:
@@ -88,9 +88,7 @@ class FluxPolicy:
         return unpack(out, h, w)
 
     def decode(self, latents: Tensor) -> Tensor:
-        cfg = self.vae.config
-        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        return ((self.vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
+        return decode_latents(self.vae, latents)
 
     def lora_target_modules(self) -> list[str]:
         # attention of the double-stream and single-stream blocks (both streams)

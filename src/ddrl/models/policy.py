@@ -65,6 +65,13 @@ class Policy(Protocol):
     def reference(self) -> contextlib.AbstractContextManager: ...
 
 
+def decode_latents(vae, latents: Tensor) -> Tensor:
+    """Images in [0, 1] from latents, undoing the VAE's scaling and (SD3, FLUX) shift factors."""
+    cfg = vae.config
+    z = latents.to(vae.dtype) / cfg.scaling_factor + (getattr(cfg, "shift_factor", None) or 0.0)
+    return ((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1)
+
+
 def guided_prediction(policy: Policy, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond,
                       guidance_scale: float) -> Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): u + w * (c - u), one batched forward.

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..sampling import flow_sigmas
-from .policy import Cond, adapters_disabled
+from .policy import Cond, adapters_disabled, decode_latents
 
 
 class SD3Policy:
@@ -56,10 +56,7 @@ class SD3Policy:
                              pooled_projections=cond.pooled.to(dtype)).sample
 
     def decode(self, latents: Tensor) -> Tensor:
-        cfg = self.vae.config
-        z = latents.to(self.vae.dtype) / cfg.scaling_factor + (cfg.shift_factor or 0.0)
-        x = self.vae.decode(z).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return decode_latents(self.vae, latents)
 
     def lora_target_modules(self) -> list[str]:
         # The joint attention of every MMDiT block, both streams (Flow-GRPO's choice for SD3.5).

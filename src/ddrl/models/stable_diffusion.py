@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from ..sampling import DDIMSchedule, ddim_schedule, eps_from_prediction
-from .policy import Cond, adapters_disabled
+from .policy import Cond, adapters_disabled, decode_latents
 
 
 class StableDiffusionPolicy:
@@ -57,8 +57,7 @@ class StableDiffusionPolicy:
         return ddim_schedule(num_steps, self.alphas_cumprod, self.final_alpha_cumprod, self.steps_offset)
 
     def decode(self, latents: Tensor) -> Tensor:
-        x = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
-        return ((x.float() + 1) / 2).clamp(0, 1)
+        return decode_latents(self.vae, latents)
 
     def lora_target_modules(self) -> list[str]:
         return ["to_q", "to_k", "to_v", "to_out.0"]

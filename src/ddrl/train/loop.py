@@ -1,4 +1,4 @@
-"""The training loop shared by DDPO-SF, DDPO-IS and RWR:
+"""The training loop shared by DDPO-SF, DDPO-IS, RWR, Flow-GRPO, Pref-GRPO and DiffusionNFT:
 
     sample (rollout, rewards scored in a thread as batches finish) -> gather rewards across
     processes -> advantages (or RWR weights) -> algorithm update -> metrics, grids, checkpoint
@@ -36,8 +36,8 @@ from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_
 from .ddpo import ddpo_single_pass_update, ddpo_update
 from .evaluation import evaluate, write_grid
 from .metrics import MetricsLog, plot_reward_curve
-from .report import write_report
 from .nft import nft_update
+from .report import write_report
 from .rwr import rwr_update
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
@@ -281,10 +281,7 @@ class Trainer:
         if t.advantages == "batch":
             return batch_advantages(rewards)
         if t.advantages == "group":  # samples i with equal i // images_per_prompt share a prompt
-            groups = torch.arange(len(rewards)) // self.cfg.sample.images_per_prompt
-            if t.algorithm == "pref-grpo":
-                rewards = win_rates(torch.sigmoid(rewards[:, None] - rewards[None, :]), groups)
-                metrics["reward/win_rate_std"] = float(rewards.std(unbiased=False))
+            groups = self.groups(len(rewards))
             adv = group_advantages(rewards, groups, global_std=t.global_std)
             spread = [bool((rewards[groups == g] != rewards[groups == g][0]).any()) for g in groups.unique()]
             metrics["prompts/zero_std_ratio"] = 1 - sum(spread) / len(spread)
@@ -296,6 +293,10 @@ class Trainer:
         metrics["prompts/unique"] = len(unique)
         metrics["prompts/tracked_fraction"] = sum(len(self.prompt_buffers[p]) >= t.min_count for p in unique) / len(unique)
         return adv
+
+    def groups(self, n: int) -> Tensor:
+        """GRPO group of each of the epoch's n gathered samples (ordered by global index)."""
+        return torch.arange(n) // self.cfg.sample.images_per_prompt
 
     def _reward_metrics(self, rewards: Tensor, pids: Tensor, results) -> dict[str, float]:
         name = self.cfg.reward.name
@@ -465,6 +466,14 @@ def _clipped_advantages(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dic
     return tr._advantages(rewards, pids, metrics).clamp(-clip, clip)
 
 
+def _win_rate_advantages(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
+    """Pref-GRPO: each sample's reward becomes the fraction of its group it beats."""
+    groups = tr.groups(len(rewards))
+    rates = win_rates(torch.sigmoid(rewards[:, None] - rewards[None, :]), groups)
+    metrics["reward/win_rate_std"] = float(rates.std(unbiased=False))
+    return _clipped_advantages(tr, rates, pids, metrics)
+
+
 def _rwr_weights(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
     t = tr.cfg.train
     return rwr_sparse_weights(rewards, t.rwr_percentile) if t.rwr_percentile is not None else rwr_weights(rewards, t.rwr_beta)
@@ -477,7 +486,7 @@ def _ddpo(tr: Trainer, ro: Rollouts, adv: Tensor, epoch: int) -> dict[str, float
 # algorithm -> (per-sample training signal from the gathered rewards, update)
 UPDATES = {"ddpo-is": (_clipped_advantages, _ddpo), "ddpo-sf": (_clipped_advantages, _ddpo),
            "rwr": (_rwr_weights, rwr_update), "flow-grpo": (_clipped_advantages, _ddpo),
-           "pref-grpo": (_clipped_advantages, _ddpo), "nft": (_clipped_advantages, nft_update)}
+           "pref-grpo": (_win_rate_advantages, _ddpo), "nft": (_clipped_advantages, nft_update)}
 
 
 def save_lora(policy, folder: Path) -> None:
