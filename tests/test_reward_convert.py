@@ -93,3 +93,11 @@ def test_conversion_refuses_what_is_not_an_open_clip_checkpoint(tmp_path):
         convert_open_clip(tmp_path / "x.safetensors", tmp_path / "out")
     with pytest.raises(RewardError, match="unknown architecture"):
         convert_open_clip(tmp_path / "x.safetensors", tmp_path / "out", "ViT-Z-99")
+
+
+def test_a_checkpoint_missing_blocks_is_a_clear_error(tmp_path):
+    sd = _open_clip_state_dict(600, 16)
+    del sd["ln_final.weight"]
+    torch.save(sd, tmp_path / "partial.pt")
+    with pytest.raises(RewardError, match="lacks 'ln_final.weight'"):
+        convert_open_clip(tmp_path / "partial.pt", tmp_path / "out", heads=(HEADS, HEADS))

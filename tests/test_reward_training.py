@@ -80,3 +80,12 @@ def test_bad_pair_files_are_clear_errors(tmp_path):
         train_reward_model(tmp_path / "q.jsonl", tmp_path / "out", progress=False)
     with pytest.raises(RewardError, match="not a `ddrl reward-train` output"):
         get_reward(f"learned(path={tmp_path})")
+
+
+def test_a_damaged_reward_model_folder_is_one_clear_error(tmp_path):
+    from ddrl.rewards.learned import CONFIG, WEIGHTS
+
+    (tmp_path / CONFIG).write_text('{"text_encoder": "shapes-sd"}')
+    (tmp_path / WEIGHTS).write_bytes(b"not safetensors")
+    with pytest.raises(RewardError, match="damaged or foreign reward model"):
+        get_reward(f"learned(path={tmp_path})")

@@ -112,7 +112,11 @@ def convert_open_clip(checkpoint: str | Path, out_dir: str | Path, architecture:
     missing = [k for k in ("visual.conv1.weight", "visual.proj", "token_embedding.weight", "text_projection") if k not in sd]
     if missing:
         raise RewardError(f"{checkpoint} is not an open_clip CLIP checkpoint (no {', '.join(missing)})")
-    config = clip_config(sd, vision_heads, text_heads, activation)
+    try:
+        config = clip_config(sd, vision_heads, text_heads, activation)
+        converted = convert_state_dict(sd)
+    except KeyError as e:
+        raise RewardError(f"{checkpoint} lacks {e.args[0]!r}: not an open_clip CLIP checkpoint of this layout") from None
     tokenizer = None
     if processor:
         from transformers import AutoTokenizer
@@ -120,7 +124,7 @@ def convert_open_clip(checkpoint: str | Path, out_dir: str | Path, architecture:
         tokenizer = AutoTokenizer.from_pretrained(processor)
         config.text_config.bos_token_id, config.text_config.eos_token_id = tokenizer.bos_token_id, tokenizer.eos_token_id
     model = CLIPModel(config)
-    result = model.load_state_dict(convert_state_dict(sd), strict=False)
+    result = model.load_state_dict(converted, strict=False)
     unexpected = [k for k in result.missing_keys if "position_ids" not in k]
     if unexpected or result.unexpected_keys:
         raise RewardError(f"conversion left weights unset {unexpected[:4]} or unused {result.unexpected_keys[:4]}")

@@ -256,12 +256,16 @@ class LearnedReward:
         path = Path(path)
         if not (path / CONFIG).is_file() or not (path / WEIGHTS).is_file():
             raise RewardError(f"reward 'learned': {path} is not a `ddrl reward-train` output ({CONFIG}, {WEIGHTS})")
-        cfg = json.loads((path / CONFIG).read_text())
         self.device = device or "cpu"
         self.name, self.batch_size = "learned", batch_size
+        try:
+            cfg = json.loads((path / CONFIG).read_text())
+            self.model = PreferenceCNN(cfg["text_dim"], cfg["image_size"], cfg["width"])
+            self.model.load_state_dict(load_file(path / WEIGHTS))
+        except (ValueError, KeyError, RuntimeError, OSError) as e:
+            raise RewardError(f"reward 'learned': {path} holds a damaged or foreign reward model "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         self.text = TextFeatures(cfg["text_encoder"], self.device)
-        self.model = PreferenceCNN(cfg["text_dim"], cfg["image_size"], cfg["width"])
-        self.model.load_state_dict(load_file(path / WEIGHTS))
         self.model.to(self.device).eval().requires_grad_(False)
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:

@@ -25,20 +25,18 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from ..advantages import batch_advantages, group_advantages, per_prompt_advantages, win_rates
+from ..advantages import batch_advantages, group_advantages, per_prompt_advantages
 from ..config import Config, dump_yaml
-from ..losses.rwr import rwr_sparse_weights, rwr_weights
 from ..models.policy import ModelError, guided_prediction
 from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
 from ..sampling import DDIMSampler, FlowSampler, rollout
+from .algorithms import UPDATES
 from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
-from .ddpo import ddpo_single_pass_update, ddpo_update
 from .evaluation import evaluate, write_grid
+from .export import save_lora
 from .metrics import MetricsLog, plot_reward_curve
-from .nft import nft_update
 from .report import write_report
-from .rwr import rwr_update
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
 
@@ -456,49 +454,8 @@ class Trainer:
         notes = [f"{cfg.train.algorithm} on {cfg.model.name}, reward {cfg.reward.name}, {self.epoch} epochs "
                  f"of {cfg.global_samples_per_epoch(self.accelerator.num_processes)} samples "
                  f"({cfg.sample.num_steps} steps, eta {cfg.sample.eta}, guidance {cfg.sample.guidance_scale}).",
-                 "Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."]
+                 ("Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."
+                  if cfg.sample.sampler == "ddim" else
+                  f"Evaluation uses the ODE at {cfg.eval_steps} steps with fixed seeds.")]
         report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes)
         print(f"report: {report} (and report.html)")
-
-
-def _clipped_advantages(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
-    clip = tr.cfg.train.adv_clip_max
-    return tr._advantages(rewards, pids, metrics).clamp(-clip, clip)
-
-
-def _win_rate_advantages(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
-    """Pref-GRPO: each sample's reward becomes the fraction of its group it beats."""
-    groups = tr.groups(len(rewards))
-    rates = win_rates(torch.sigmoid(rewards[:, None] - rewards[None, :]), groups)
-    metrics["reward/win_rate_std"] = float(rates.std(unbiased=False))
-    return _clipped_advantages(tr, rates, pids, metrics)
-
-
-def _rwr_weights(tr: Trainer, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
-    t = tr.cfg.train
-    return rwr_sparse_weights(rewards, t.rwr_percentile) if t.rwr_percentile is not None else rwr_weights(rewards, t.rwr_beta)
-
-
-def _ddpo(tr: Trainer, ro: Rollouts, adv: Tensor, epoch: int) -> dict[str, float]:
-    return (ddpo_single_pass_update if tr.cfg.single_pass else ddpo_update)(tr, ro, adv, epoch)
-
-
-# algorithm -> (per-sample training signal from the gathered rewards, update)
-UPDATES = {"ddpo-is": (_clipped_advantages, _ddpo), "ddpo-sf": (_clipped_advantages, _ddpo),
-           "rwr": (_rwr_weights, rwr_update), "flow-grpo": (_clipped_advantages, _ddpo),
-           "pref-grpo": (_win_rate_advantages, _ddpo), "nft": (_clipped_advantages, nft_update)}
-
-
-def save_lora(policy, folder: Path) -> None:
-    """The LoRA in the diffusers format `pipe.load_lora_weights(folder)` reads."""
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft.utils import get_peft_model_state_dict
-
-    layers = get_peft_model_state_dict(policy.denoiser)
-    if policy.prediction == "velocity":  # SD3 family: a transformer, whose loader reads peft's names
-        type(policy.pipe).save_lora_weights(str(folder), transformer_lora_layers=layers, safe_serialization=True)
-    else:
-        from diffusers import StableDiffusionPipeline
-
-        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(layers),
-                                                  safe_serialization=True)

@@ -1,0 +1,20 @@
+"""Exporting a trained LoRA in the diffusers format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def save_lora(policy, folder: Path) -> None:
+    """The LoRA in the diffusers format `pipe.load_lora_weights(folder)` reads."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    layers = get_peft_model_state_dict(policy.denoiser)
+    if policy.prediction == "velocity":  # SD3 family: a transformer, whose loader reads peft's names
+        type(policy.pipe).save_lora_weights(str(folder), transformer_lora_layers=layers, safe_serialization=True)
+    else:
+        from diffusers import StableDiffusionPipeline
+
+        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(layers),
+                                                  safe_serialization=True)
