@@ -4,7 +4,8 @@
    std of the Euler ODE, Flow-SDE (a = 0.7) and CPS (eta = 0.8) samplers at 10 and 40 steps;
 2. residual noise: the built-in shapes-flow model's final samples at 10 steps (as Flow-GRPO
    trains) under the SDE and CPS samplers against the ODE, as the high-frequency energy of the
-   decoded images (the power above half the Nyquist frequency);
+   decoded images (the power above half the Nyquist frequency), with noise at every step and
+   with noise only at the first three (the shapes-flow presets' window);
 3. efficiency: verifier reward against reward queries for training runs given with --runs
    (e.g. the shapes-flow-grpo, shapes-flow-grpo-cps and shapes-nft presets, same seeds and
    budget), as a PNG and a table.
@@ -52,6 +53,8 @@ def high_frequency_energy(images: torch.Tensor) -> torch.Tensor:
 
 
 def residual_noise(n_prompts: int = 16, per_prompt: int = 4, steps: int = 10) -> dict[str, tuple[float, float]]:
+    """High-frequency energy (mean, s.e.) per sampler: noise at every step, as Flow-GRPO samples,
+    and (suffix "-w3") only at the first three steps, as the shapes-flow presets sample."""
     from ddrl.models import guided_prediction, load_policy
     from ddrl.sampling import FlowSampler, rollout
     from ddrl.worlds.shapes import split
@@ -62,40 +65,52 @@ def residual_noise(n_prompts: int = 16, per_prompt: int = 4, steps: int = 10) ->
     out = {}
     with torch.no_grad():
         cond, uncond = policy.encode(prompts), policy.encode([""]).repeat(len(prompts))
-        for kind, eta in (("ode", 0.0), ("sde", 0.7), ("cps", 0.8)):
+        for name, kind, eta, window in (("ode", "ode", 0.0, 0), ("sde", "sde", 0.7, 0), ("cps", "cps", 0.8, 0),
+                                        ("sde-w3", "sde", 0.7, 3), ("cps-w3", "cps", 0.8, 3)):
             g = torch.Generator().manual_seed(0)
             x_T = torch.randn(len(prompts), *policy.latent_shape, generator=g)
             traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, 5.0), x_T,
-                           FlowSampler(sigmas, kind, eta), noise=lambda: torch.randn(x_T.shape, generator=g))
+                           FlowSampler(sigmas, kind, eta, window_size=window),
+                           noise=lambda: torch.randn(x_T.shape, generator=g))
             hf = high_frequency_energy(policy.decode(traj.final))
-            out[kind] = (float(hf.mean()), float(hf.std() / len(hf) ** 0.5))
+            out[name] = (float(hf.mean()), float(hf.std() / len(hf) ** 0.5))
     return out
 
 
 def efficiency(runs: dict[str, Path], out: Path) -> list[tuple]:
+    """Plot the training reward (10-epoch mean) against reward queries; per run, the held-out
+    score and per-image accuracy before and after with the paired change and its s.e."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import yaml
+
+    from ddrl.train.report import paired_change
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     rows = []
     for name, run in runs.items():
-        import yaml
-
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
         sample = yaml.safe_load((run / "config.yaml").read_text())["sample"]
         per_epoch = sample["batch_size"] * sample["num_batches_per_epoch"]  # one process
         queries = np.arange(1, len(metrics) + 1) * per_epoch
         reward = np.array([m["reward/mean"] for m in metrics])
-        smooth = np.convolve(reward, np.ones(5) / 5, mode="valid")
-        ax.plot(queries[4:], smooth, label=name)
-        before = json.loads((run / "eval_before.json").read_text())["heldout"]
-        after = json.loads((run / "eval_after.json").read_text())["heldout"] if (run / "eval_after.json").exists() else {}
-        rows.append((name, int(queries[-1]), reward[:5].mean(), reward[-5:].mean(), before.get("score"),
-                     after.get("score"), before.get("accuracy"), after.get("accuracy")))
+        # the same seeds draw the same prompts in every run, so the runs' curves are comparable
+        # epoch by epoch; a 10-epoch mean smooths the prompt draws
+        smooth = np.convolve(reward, np.ones(10) / 10, mode="valid")
+        ax.plot(queries[9:], smooth, label=name)
+        before = json.loads((run / "eval_before.json").read_text())
+        after = json.loads((run / "eval_after.json").read_text())
+        row = [name, int(queries[-1]), reward[:10].mean(), reward[-10:].mean()]
+        for key, per_image in (("score", "reward"), ("accuracy_per_image", "correct"), ("accuracy", None)):
+            b, a = before["heldout"].get(key), after["heldout"].get(key)
+            change = (paired_change(before["per_image"]["heldout"][per_image], after["per_image"]["heldout"][per_image])
+                      if per_image and "per_image" in before else (a - b, float("nan")))
+            row += [b, a, *change]
+        rows.append(tuple(row))
     ax.set_xlabel("reward queries (images scored)")
-    ax.set_ylabel("verifier partial credit, training samples (5-epoch mean)")
+    ax.set_ylabel("verifier partial credit, training samples (10-epoch mean)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -124,11 +139,13 @@ def main() -> None:
     if args.runs:
         runs = {k: Path(v) for k, v in (r.split("=", 1) for r in args.runs)}
         print(f"\n## Reward against reward queries (plot: {args.out})\n")
-        print("| run | queries | train reward, first 5 epochs | last 5 epochs | held-out score before | after "
-              "| held-out accuracy before | after |\n|---|---|---|---|---|---|---|---|")
-        for name, q, r0, r1, s0, s1, a0, a1 in efficiency(runs, Path(args.out)):
-            fmt = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
-            print(f"| {name} | {q} | {r0:.3f} | {r1:.3f} | {fmt(s0)} | {fmt(s1)} | {fmt(a0)} | {fmt(a1)} |")
+        print("Held-out prompts, ODE, fixed seeds: before -> after (paired change ± s.e.)\n")
+        print("| run | queries | train reward, first 10 epochs -> last 10 | held-out score | held-out accuracy "
+              "(per image) | held-out accuracy (category mean) |\n|---|---|---|---|---|---|")
+        for name, q, r0, r1, *m in efficiency(runs, Path(args.out)):
+            cells = [f"{m[i]:.3f} -> {m[i + 1]:.3f} ({m[i + 2]:+.3f} ± {m[i + 3]:.3f})" for i in (0, 4)]
+            cells.append(f"{m[8]:.3f} -> {m[9]:.3f}")
+            print(f"| {name} | {q} | {r0:.3f} -> {r1:.3f} | {' | '.join(cells)} |")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ddrl.advantages import group_advantages, win_rates
+from ddrl.advantages import group_advantages, judged_win_rates, win_rates
 from ddrl.losses.ddpo import gaussian_kl_same_std
 from ddrl.losses.nft import nft_loss, optimality_weights
 from ddrl.sampling import FlowSampler, flow_cps_step, flow_ode_step, flow_sde_step, flow_sigmas, rollout
@@ -149,6 +149,26 @@ def test_win_rates_count_wins_and_half_ties_within_groups():
     groups = torch.tensor([0, 0, 0, 0, 1, 1])
     beats = torch.sigmoid(s[:, None] - s[None, :])  # Bradley-Terry from pointwise scores
     torch.testing.assert_close(win_rates(beats, groups), torch.tensor([1.0, 0.0, 0.5, 0.5, 0.5, 0.5]))
+
+
+def test_a_pairwise_judge_is_asked_each_pair_within_a_group_once():
+    """With a judge that compares hidden scores, the win rates equal those of the full matrix, and
+    the judge saw the 6 + 1 pairs i < j inside the groups (not the 8 across them), with the prompt."""
+    s = torch.tensor([3.0, 1.0, 2.0, 2.0, 5.0, 4.0])
+    groups = torch.tensor([0, 0, 0, 0, 1, 1])
+    images = s.view(6, 1, 1, 1).expand(6, 3, 2, 2)  # each image carries its score
+    prompts = ["a", "a", "a", "a", "b", "b"]
+    asked = []
+
+    def compare(a, b, ps):
+        asked.extend(zip(a[:, 0, 0, 0].tolist(), b[:, 0, 0, 0].tolist(), ps))
+        return torch.sigmoid(a[:, 0, 0, 0] - b[:, 0, 0, 0])
+
+    rates = judged_win_rates(compare, images, prompts, groups)
+    torch.testing.assert_close(rates, win_rates(torch.sigmoid(s[:, None] - s[None, :]), groups))
+    torch.testing.assert_close(rates, torch.tensor([1.0, 0.0, 0.5, 0.5, 1.0, 0.0]))
+    assert sorted(asked) == sorted([(3.0, 1.0, "a"), (3.0, 2.0, "a"), (3.0, 2.0, "a"), (1.0, 2.0, "a"),
+                                    (1.0, 2.0, "a"), (2.0, 2.0, "a"), (5.0, 4.0, "b")])
 
 
 def test_step_kl_matches_torch_distributions(state):

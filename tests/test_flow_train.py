@@ -82,9 +82,32 @@ def test_nft_trains_from_ode_rollouts_and_moves_the_old_policy_by_its_ema(tiny_s
         torch.testing.assert_close(tr.nft_old[k], d * old0[k] + (1 - d) * v)
 
 
+def test_nft_trains_on_the_rollout_noise_levels_whatever_the_noise_window():
+    """A noise window picks the stochastic steps of a GRPO sampler; NFT noises its samples afresh
+    at timestep_fraction of all the rollout's levels."""
+    cfg = apply_overrides(Config(), {"model.name": "shapes-flow", "train.algorithm": "nft", "sample.sampler": "flow-ode",
+                                     "sample.num_steps": 10, "sample.noise_window_size": 3,
+                                     "train.timestep_fraction": 0.5})
+    assert cfg.trained_timesteps == 5
+    assert apply_overrides(cfg, {"train.algorithm": "flow-grpo", "sample.sampler": "flow-sde"}).trained_timesteps == 1
+
+
 def test_pref_grpo_trains_on_win_rates(tiny_sd3_folder, tmp_path):
     tr = Trainer(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo"}), tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
+    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
+
+
+def test_pref_grpo_trains_on_a_pairwise_vlm_judges_win_rates(tiny_sd3_folder, tiny_vlm_folder, tmp_path):
+    """The judge's win rates replace the reward comparisons. Every pair in a group is judged in
+    both orders and averaged, so P(a > b) + P(b > a) = 1 and each group's win rates average 1/2."""
+    tr = Trainer(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo",
+                                                 "reward.pairwise": f"vlm-judge(model={tiny_vlm_folder})"}), tmp_path)
+    before = {k: v.clone() for k, v in tr.trainable_state().items()}
+    ro, _ = tr.collect(0, ThreadPoolExecutor(1), bar=type("Bar", (), {"update": lambda self, n: None})())
+    group_means = ro.win_rates.view(-1, 4).mean(1)
+    torch.testing.assert_close(group_means, torch.full_like(group_means, 0.5))
     m = tr.run_epoch(0, ThreadPoolExecutor(1))
     assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
 
@@ -124,6 +147,9 @@ def test_flow_run_exports_an_sd3_lora_that_reproduces_the_trained_transformer(ti
     ({"sample.sampler": "ddim"}, "trains flow-matching models; set sample.sampler"),
     ({"sample.sampler": "flow-ode"}, "needs a stochastic sampler"),
     ({"train.algorithm": "pref-grpo", "train.advantages": "batch"}, "win rates within groups"),
+    ({"reward.pairwise": "jpeg-compressibility"}, "reward.pairwise is Pref-GRPO's judge"),
+    ({"train.algorithm": "pref-grpo", "reward.pairwise": "jpeg-compressibility", "sample.images_per_prompt": 8,
+      "sample.batch_size": 8}, r"images_per_prompt \(8\) must divide train.batch_size \(4\)"),
 ])
 def test_bad_flow_settings_fail_before_any_work(tiny_sd3_folder, overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -94,3 +94,14 @@ def test_weighted_denoising_loss_is_the_weighted_per_sample_mse():
     pred, eps = torch.ones(2, 1, 2, 2), torch.zeros(2, 1, 2, 2)
     pred[1] = 3.0
     torch.testing.assert_close(weighted_denoising_loss(pred, eps, torch.tensor([2.0, 0.5])), torch.tensor([2.0, 4.5]))
+
+
+def test_paired_change_is_the_mean_difference_with_its_standard_error():
+    """Differences (after - before) 0.1, 0.3, 0.2, 0.2: mean 0.2, sample variance
+    (0.01 + 0.01 + 0 + 0) / 3, s.e. = sqrt(0.02 / 3 / 4) = 0.0408; images without a verdict
+    (None) are left out."""
+    from ddrl.train.report import paired_change
+
+    mean, se = paired_change([0.5, 0.2, 0.0, 0.4, None], [0.6, 0.5, 0.2, 0.6, 0.9])
+    assert mean == pytest.approx(0.2)
+    assert se == pytest.approx((0.02 / 12) ** 0.5)

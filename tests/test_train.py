@@ -94,8 +94,13 @@ def test_a_run_leaves_metrics_checkpoints_lora_grids_and_a_report(uninterrupted)
     for f in ("report.md", "report.html", "reward_curve.png", "grids/before.png", "grids/after.png",
               "lora/pytorch_lora_weights.safetensors"):
         assert (run / f).is_file(), f
-    assert set(result["before"]) == {"heldout", "train"}
+    assert set(result["before"]) == {"heldout", "train", "per_image"}
+    n = result["before"]["heldout"]["n"]
+    assert len(result["before"]["per_image"]["heldout"]["reward"]) == n
+    per_image_mean = sum(result["after"]["per_image"]["heldout"]["reward"]) / n
+    assert per_image_mean == pytest.approx(result["after"]["heldout"]["reward"], abs=1e-5)
     assert "| heldout | reward |" in (run / "report.md").read_text()
+    assert "±" in (run / "report.md").read_text()  # the paired standard error of the change
 
 
 def test_lora_loads_into_the_diffusers_pipeline_and_reproduces_the_trained_unet(uninterrupted, tiny_sd_folder):

@@ -77,3 +77,17 @@ def win_rates(beats: Tensor, groups: Tensor) -> Tensor:
     if (counts == 0).any():
         raise ValueError("win rates need at least two samples in every group")
     return ((wins * same).sum(1) / counts).float()
+
+
+def judged_win_rates(compare, images: Tensor, prompts: list[str], groups: Tensor) -> Tensor:
+    """Pref-GRPO win rates from a pairwise judge. Every pair i < j within a group is judged once,
+    all in one batched call: compare(images[i], images[j], prompts[i]) = P(i beats j), and
+    P(j beats i) = 1 - P(i beats j)."""
+    n = len(groups)
+    i, j = torch.triu_indices(n, n, 1)
+    same = groups[i] == groups[j]
+    i, j = i[same], j[same]
+    p = compare(images[i], images[j], [prompts[k] for k in i.tolist()]).detach().float().cpu()
+    beats = torch.full((n, n), 0.5)
+    beats[i, j], beats[j, i] = p, 1 - p
+    return win_rates(beats, groups)

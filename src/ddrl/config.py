@@ -128,6 +128,9 @@ class TrainConfig:
 class RewardConfig:
     name: str = "shapes-verifier"
     """a registered reward (`ddrl rewards list`)"""
+    pairwise: str = ""
+    """pref-grpo: a reward that compares two images (e.g. vlm-judge), whose win rates within each
+    group replace the comparison of `name`'s scores; `name` is still scored and logged"""
     asynchronous: bool = True
     """score a batch in a thread while the next batch samples"""
 
@@ -198,7 +201,9 @@ class Config:
 
     @property
     def trained_timesteps(self) -> int:
-        return max(1, int(self.stochastic_steps * self.train.timestep_fraction))
+        # DiffusionNFT trains on the rollout's noise levels, noised afresh: a noise window does not apply
+        steps = self.sample.num_steps if self.train.algorithm == "nft" else self.stochastic_steps
+        return max(1, int(steps * self.train.timestep_fraction))
 
     @property
     def eval_steps(self) -> int:
@@ -279,6 +284,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.advantages group needs sample.images_per_prompt >= 2 (the group size)")
     if t.algorithm == "pref-grpo" and t.advantages != "group":
         raise ConfigError("pref-grpo computes win rates within groups: set train.advantages to group")
+    if cfg.reward.pairwise and t.algorithm != "pref-grpo":
+        raise ConfigError(f"reward.pairwise is Pref-GRPO's judge; train.algorithm is {t.algorithm}")
+    if cfg.reward.pairwise and t.batch_size % s.images_per_prompt:
+        raise ConfigError(f"a pairwise judge compares each group on the process that sampled it: "
+                          f"sample.images_per_prompt ({s.images_per_prompt}) must divide train.batch_size "
+                          f"({t.batch_size})")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if t.nft_old_decay not in ("none", "ramp", "delayed"):

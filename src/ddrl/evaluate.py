@@ -19,7 +19,8 @@ class Evaluation:
 
     def summary(self) -> dict[str, float]:
         """accuracy/<category>, accuracy (mean over categories present, as GenEval reports),
-        score (mean partial credit) and n (images scored)."""
+        accuracy_per_image (fraction of all images correct: with one or two prompts in a category,
+        the category mean swings with single images), score (mean partial credit) and n."""
         by_cat: dict[str, list[bool]] = defaultdict(list)
         scores = []
         for p, c, s in zip(self.prompts, self.correct, self.scores):
@@ -30,6 +31,7 @@ class Evaluation:
         out = {f"accuracy/{k}": sum(v) / len(v) for k in CATEGORIES if (v := by_cat.get(k))}
         if by_cat:
             out["accuracy"] = sum(out.values()) / len(out)
+            out["accuracy_per_image"] = sum(sum(v) for v in by_cat.values()) / len(scores)
             out["score"] = sum(scores) / len(scores)
         out["n"] = len(scores)
         return out

@@ -18,10 +18,11 @@ def _clipped_advantages(tr, rewards: Tensor, pids: Tensor, metrics: dict) -> Ten
     return tr._advantages(rewards, pids, metrics).clamp(-clip, clip)
 
 
-def _win_rate_advantages(tr, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
-    """Pref-GRPO: each sample's reward becomes the fraction of its group it beats."""
+def _win_rate_advantages(tr, rewards: Tensor, pids: Tensor, metrics: dict, judged: Tensor | None = None) -> Tensor:
+    """Pref-GRPO: each sample's reward becomes the fraction of its group it beats, by the pairwise
+    judge (`judged`, computed where the images are) or else by comparing the rewards."""
     groups = tr.groups(len(rewards))
-    rates = win_rates(torch.sigmoid(rewards[:, None] - rewards[None, :]), groups)
+    rates = judged if judged is not None else win_rates(torch.sigmoid(rewards[:, None] - rewards[None, :]), groups)
     metrics["reward/win_rate_std"] = float(rates.std(unbiased=False))
     return _clipped_advantages(tr, rates, pids, metrics)
 

@@ -40,8 +40,10 @@ def _sample(tr, prompts: list[str], k: int, progress: bool):
     return ps, images
 
 
-def evaluate(tr, tag: str) -> dict[str, dict[str, float]]:
-    out = {}
+def evaluate(tr, tag: str) -> dict:
+    """{split: {metric: value}} for the held-out and training prompts, and per_image: {split:
+    {"reward": [...], "correct": [...]}} in sampling order."""
+    out: dict = {}
     e = tr.cfg.eval
     for split, prompts, k in (("heldout", _round_robin(tr.eval_prompts), e.images_per_prompt),
                               ("train", _round_robin(tr.train_prompts), e.train_images_per_prompt)):
@@ -49,9 +51,13 @@ def evaluate(tr, tag: str) -> dict[str, dict[str, float]]:
         ps, images = _sample(tr, prompts, k, progress=True)
         rewards, _ = score(tr.reward, images, ps, [tr.prompt_metadata[p] for p in ps])
         out[split] = {"reward": float(rewards.mean())}
+        # kept per image: before and after share seeds, so a change has a paired standard error
+        per_image = {"reward": [round(float(r), 6) for r in rewards]}
         ev = score_images(images, ps)
         if "accuracy" in (summary := ev.summary()):
             out[split] |= {k: float(v) for k, v in summary.items()}
+            per_image["correct"] = [float(c) if c is not None else None for c in ev.correct]
+        out.setdefault("per_image", {})[split] = per_image
         if split == "heldout":
             _save_grid(tr, tag, images[:e.grid_size], ps[:e.grid_size], rewards[:e.grid_size], ev.correct[:e.grid_size])
     return out

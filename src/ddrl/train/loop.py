@@ -25,11 +25,12 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
-from ..advantages import batch_advantages, group_advantages, per_prompt_advantages
+from ..advantages import batch_advantages, group_advantages, judged_win_rates, per_prompt_advantages
 from ..config import Config, dump_yaml
 from ..models.policy import ModelError, guided_prediction
 from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
+from ..rewards.pairwise import as_pairwise
 from ..sampling import DDIMSampler, FlowSampler, rollout
 from .algorithms import UPDATES
 from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
@@ -49,6 +50,7 @@ class Rollouts:
     log_probs: Tensor  # (n, T) as sampled, detached
     prompt_ids: Tensor  # (n,) index into the training prompts
     global_idx: Tensor  # (n,)
+    win_rates: Tensor | None = None  # (n,) Pref-GRPO with a pairwise judge: win rates within each group
     graph_log_probs: list[Tensor] = field(default_factory=list)  # single-pass only: (b, T) with graph
 
 
@@ -61,6 +63,7 @@ class Trainer:
                                                           cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
         self.reward = get_reward(cfg.reward.name)
+        self.judge = as_pairwise(get_reward(cfg.reward.pairwise)) if cfg.reward.pairwise else None
         train_records, eval_records = load_prompt_records(cfg.prompts.source), load_prompt_records(cfg.prompts.eval_source)
         self.train_prompts, self.eval_prompts = [p for p, _ in train_records], [p for p, _ in eval_records]
         self.prompt_metadata = {p: m for p, m in eval_records + train_records}  # what a routed reward reads
@@ -196,7 +199,7 @@ class Trainer:
         gidx = self.local_indices()
         pids = self.prompt_ids(epoch, gidx)
         single_pass = cfg.single_pass
-        latents, log_probs, graphs, futures = [], [], [], []
+        latents, log_probs, graphs, futures, kept = [], [], [], [], []
         for start in range(0, len(gidx), cfg.sample.batch_size):
             sl = slice(start, start + cfg.sample.batch_size)
             gens = [self.generator(epoch, int(i), purpose="noise") for i in gidx[sl]]
@@ -221,11 +224,17 @@ class Trainer:
                 f: Future = Future()
                 f.set_result(score(self.reward, images, prompts, meta))
                 futures.append(f)
+            if self.judge is not None:
+                kept.append((images, prompts))
             latents.append(traj.latents.cpu() if not single_pass else traj.latents)
             log_probs.append(traj.log_probs.detach())
             if single_pass:
                 graphs.append(traj.log_probs)
-        return Rollouts(torch.cat(latents), torch.cat(log_probs), pids, gidx, graphs), futures
+        win = None
+        if self.judge is not None:  # each group lies on this process (config validation)
+            win = judged_win_rates(self.judge.compare, torch.cat([im for im, _ in kept]),
+                                   [p for _, ps in kept for p in ps], gidx // cfg.sample.images_per_prompt)
+        return Rollouts(torch.cat(latents), torch.cat(log_probs), pids, gidx, win, graphs), futures
 
     # ------------------------------------------------------------------ one epoch
     def optimizer_step(self) -> float:
@@ -265,7 +274,8 @@ class Trainer:
         g_pids = acc.gather(ro.prompt_ids.to(acc.device)).cpu()[order]
         metrics = self._reward_metrics(g_rewards, g_pids, results)
         signal_fn, update = UPDATES[cfg.train.algorithm]
-        per_sample = signal_fn(self, g_rewards, g_pids, metrics)[ro.global_idx]  # this process's samples
+        judged = {} if ro.win_rates is None else {"judged": acc.gather(ro.win_rates.to(acc.device)).cpu()[order]}
+        per_sample = signal_fn(self, g_rewards, g_pids, metrics, **judged)[ro.global_idx]  # this process's samples
         ro.latents = ro.latents.to(acc.device)
         metrics |= update(self, ro, per_sample.to(acc.device), epoch)
         t3 = time.perf_counter()

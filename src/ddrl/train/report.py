@@ -11,17 +11,31 @@ def _fmt(v) -> str:
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def paired_change(before: list, after: list) -> tuple[float, float]:
+    """Mean and standard error of after - before over images sampled from the same seeds."""
+    d = [a - b for a, b in zip(after, before) if a is not None and b is not None]
+    if len(d) < 2:
+        return float("nan"), float("nan")
+    mean = sum(d) / len(d)
+    return mean, (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
+
+
 def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: list[str]) -> Path:
-    """`before`/`after`: {split: {metric: value}}. Writes report.md and report.html."""
+    """`before`/`after`: {split: {metric: value}, "per_image": {split: {metric: [...]}}}.
+    Writes report.md and report.html; changes of per-image metrics carry their paired s.e."""
     rows = []
-    for split in before:
+    for split in (s for s in before if s != "per_image"):
         for k in before[split]:
             b, a = before[split][k], after.get(split, {}).get(k)
             if k == "n":
                 continue
             delta = f"{a - b:+.3f}" if isinstance(a, float) and isinstance(b, float) else ""
+            per_image = k if k == "reward" else "correct" if k == "accuracy_per_image" else None
+            pb, pa = (x.get("per_image", {}).get(split, {}).get(per_image) for x in (before, after))
+            if delta and pb and pa and len(pb) == len(pa):
+                delta += f" ± {paired_change(pb, pa)[1]:.3f}"
             rows.append((split, k, _fmt(b), _fmt(a) if a is not None else "", delta))
-    md = [f"# {title}", "", *notes, "", "| prompts | metric | before | after | change |", "|---|---|---|---|---|"]
+    md = [f"# {title}", "", *notes, "", "| prompts | metric | before | after | change (± paired s.e.) |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(r)} |" for r in rows]
     md += ["", "## Reward during training", "", "![reward curve](reward_curve.png)", "",
            "## Held-out samples, fixed seeds", "", "Before:", "", "![before](grids/before.png)", "",
@@ -32,7 +46,7 @@ def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: li
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
 <h1>{html.escape(title)}</h1>{''.join(f'<p>{html.escape(n)}</p>' for n in notes)}
-<table><tr><th>prompts</th><th>metric</th><th>before</th><th>after</th><th>change</th></tr>{table}</table>
+<table><tr><th>prompts</th><th>metric</th><th>before</th><th>after</th><th>change (± paired s.e.)</th></tr>{table}</table>
 <h2>Reward during training</h2><img src="reward_curve.png">
 <h2>Held-out samples, fixed seeds</h2><p>Before</p><img src="grids/before.png"><p>After</p><img src="grids/after.png">
 </body></html>"""
