@@ -110,7 +110,7 @@ def efficiency(runs: dict[str, Path], out: Path) -> list[tuple]:
             row += [b, a, *change]
         rows.append(tuple(row))
     ax.set_xlabel("reward queries (images scored)")
-    ax.set_ylabel("verifier partial credit, training samples (10-epoch mean)")
+    ax.set_ylabel("training reward (10-epoch mean)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -91,8 +91,8 @@ PRESETS: dict[str, Preset] = {
         "Flow-GRPO with coefficients-preserving sampling (eta 0.8) on shapes-flow",
         _FLOW | {"sample.sampler": "flow-cps", "sample.noise_level": 0.8}),
     "shapes-pref-grpo": Preset(
-        "Pref-GRPO on shapes-flow: GRPO (CPS sampler) on within-group win rates of the verifier score",
-        _FLOW | {"train.algorithm": "pref-grpo", "sample.sampler": "flow-cps", "sample.noise_level": 0.8}),
+        "Pref-GRPO on shapes-flow: Flow-GRPO (Flow-SDE) on within-group win rates of the verifier score",
+        _FLOW | {"train.algorithm": "pref-grpo"}),
     "shapes-nft": Preset(
         "DiffusionNFT on shapes-flow: CFG-free ODE rollouts, no log-probs",
         _FLOW | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "sample.noise_window_size": 0,
