@@ -205,6 +205,10 @@ def test_bad_config_fails_before_any_work(tiny_sd_folder, tiny_sd3_folder, tmp_p
         Trainer(tiny_config(tiny_sd3_folder), tmp_path)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
         Trainer(apply_overrides(tiny_config("shapes-sd"), {"prompts.source": "animals"}), tmp_path)
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.yaml").write_text("run: {}\n")
+    with pytest.raises(ValueError, match="already holds a run; continue it with resume=True"):
+        train(tiny_config(tiny_sd_folder), tmp_path / "old")
 
 
 def test_a_reward_returning_nan_stops_the_run_naming_it(tiny_sd_folder, tmp_path, monkeypatch):

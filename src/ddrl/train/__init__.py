@@ -12,4 +12,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> dict:
     from .loop import Trainer
 
     validate(cfg)
-    return Trainer(cfg, Path(run_dir)).train(resume=resume)
+    run_dir = Path(run_dir)
+    if not resume and (run_dir / "config.yaml").exists():  # its cached evaluation would mix into this run
+        raise ValueError(f"{run_dir} already holds a run; continue it with resume=True or choose another folder")
+    return Trainer(cfg, run_dir).train(resume=resume)
