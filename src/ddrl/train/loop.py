@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -33,11 +32,11 @@ from ..rewards import get_reward, score
 from ..rewards.pairwise import as_pairwise
 from ..sampling import DDIMSampler, FlowSampler, rollout
 from .algorithms import UPDATES
-from .checkpoint import list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
+from .checkpoint import list_checkpoints
 from .evaluation import evaluate, write_grid
-from .export import save_lora
-from .metrics import MetricsLog, plot_reward_curve
-from .report import write_report
+from .metrics import MetricsLog
+from .report import finish_run
+from .state import load_trainer, save_trainer
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
 
@@ -329,39 +328,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def save(self, epoch: int) -> None:
-        if self.is_main:
-            extra = {}
-            if self.cfg.model.lora:
-                def lora(d):
-                    with self.eval_weights():
-                        save_lora(self.policy, d)
-                extra["lora"] = lora
-            for name, weights in (("nft_old", self.nft_old), ("ema", self.ema)):
-                if weights is not None:
-                    extra[name] = lambda d, name=name, weights=weights: save_file(
-                        {k: v.contiguous().cpu() for k, v in weights.items()}, str(d / f"{name}.safetensors"))
-            save_checkpoint(self.run_dir / "checkpoints", epoch, self.trainable_state(), self.optimizer,
-                            {"prompt_buffers": self.prompt_buffers}, extra, keep=self.cfg.run.keep_checkpoints)
-        self.accelerator.wait_for_everyone()
+        save_trainer(self, epoch)
 
     def load(self, path: Path) -> None:
-        weights, opt_tensors, groups, state = load_checkpoint(path)
-        params = dict(self.policy.denoiser.named_parameters())
-        missing = [k for k in weights if k not in params]
-        if missing or len(weights) != len(self.params):
-            raise ValueError(f"checkpoint {path} does not match this model's trainable weights "
-                             f"({len(weights)} tensors saved, {len(self.params)} trainable; e.g. {missing[:2]})")
-        with torch.no_grad():
-            for k, v in weights.items():
-                params[k].copy_(v)
-        load_optimizer(self.optimizer, {k: v.to(self.accelerator.device) for k, v in opt_tensors.items()}, groups)
-        self.prompt_buffers = state["prompt_buffers"]
-        self.epoch = state["epoch"]
-        device = self.accelerator.device
-        if self.nft_old is not None:
-            self.nft_old = {k: v.to(device) for k, v in load_file(str(path / "nft_old.safetensors")).items()}
-        if self.ema is not None:
-            self.ema = {k: v.to(device) for k, v in load_file(str(path / "ema.safetensors")).items()}
+        load_trainer(self, path)
 
     # ------------------------------------------------------------------ the run
     def train(self, resume: bool = False) -> dict:
@@ -405,7 +375,7 @@ class Trainer:
             return {}
         after = self._evaluate_once("after")
         if self.is_main:
-            self._finish(log.rows if log else [], before, after)
+            finish_run(self, log.rows if log else [], before, after)
         return {"before": before, "after": after}
 
     def _on_interrupt(self, signum, frame) -> None:
@@ -452,20 +422,3 @@ class Trainer:
         tqdm.write(f"epoch {epoch + 1:>3}/{self.cfg.run.epochs}  reward {m['reward/mean']:+.4f} "
                    f"(std {m['reward/std']:.3f}){acc}{kl}  {m['perf/epoch_s']:.1f}s "
                    f"[sample {m['perf/sample_s']:.1f} reward {m['perf/reward_s']:.1f} train {m['perf/train_s']:.1f}]")
-
-    def _finish(self, rows: list[dict], before: dict, after: dict) -> None:
-        cfg, run_dir = self.cfg, self.run_dir
-        if cfg.model.lora:
-            with self.eval_weights():
-                save_lora(self.policy, run_dir / "lora")
-        evals = {"held-out reward before (fixed seeds)": (0, before["heldout"]["reward"]),
-                 "held-out reward after (fixed seeds)": (self.epoch, after["heldout"]["reward"])}
-        plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)
-        notes = [f"{cfg.train.algorithm} on {cfg.model.name}, reward {cfg.reward.name}, {self.epoch} epochs "
-                 f"of {cfg.global_samples_per_epoch(self.accelerator.num_processes)} samples "
-                 f"({cfg.sample.num_steps} steps, eta {cfg.sample.eta}, guidance {cfg.sample.guidance_scale}).",
-                 ("Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."
-                  if cfg.sample.sampler == "ddim" else
-                  f"Evaluation uses the ODE at {cfg.eval_steps} steps with fixed seeds.")]
-        report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes)
-        print(f"report: {report} (and report.html)")

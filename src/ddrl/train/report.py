@@ -1,10 +1,14 @@
 """The end-of-run report: held-out (and training-prompt) evaluation before vs after, the sample
-grids and the reward curve, as Markdown and a self-contained-folder HTML page."""
+grids and the reward curve, as Markdown and a self-contained-folder HTML page; and the rest of
+a run's ending (the exported LoRA, the reward curve)."""
 
 from __future__ import annotations
 
 import html
 from pathlib import Path
+
+from .export import save_lora
+from .metrics import plot_reward_curve
 
 
 def _fmt(v) -> str:
@@ -52,3 +56,22 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:10
 </body></html>"""
     (run_dir / "report.html").write_text(page)
     return run_dir / "report.md"
+
+
+def finish_run(tr, rows: list[dict], before: dict, after: dict) -> None:
+    """The end of a run: the exported LoRA, the reward curve and the report."""
+    cfg, run_dir = tr.cfg, tr.run_dir
+    if cfg.model.lora:
+        with tr.eval_weights():
+            save_lora(tr.policy, run_dir / "lora")
+    evals = {"held-out reward before (fixed seeds)": (0, before["heldout"]["reward"]),
+             "held-out reward after (fixed seeds)": (tr.epoch, after["heldout"]["reward"])}
+    plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)
+    notes = [f"{cfg.train.algorithm} on {cfg.model.name}, reward {cfg.reward.name}, {tr.epoch} epochs "
+             f"of {cfg.global_samples_per_epoch(tr.accelerator.num_processes)} samples "
+             f"({cfg.sample.num_steps} steps, eta {cfg.sample.eta}, guidance {cfg.sample.guidance_scale}).",
+             ("Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."
+              if cfg.sample.sampler == "ddim" else
+              f"Evaluation uses the ODE at {cfg.eval_steps} steps with fixed seeds.")]
+    report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes)
+    print(f"report: {report} (and report.html)")
