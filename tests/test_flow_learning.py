@@ -1,8 +1,8 @@
 """Each flow-matching preset on the built-in world raises its reward in a short run.
 
 A short run keeps the preset's algorithm, sampler, guidance and trained steps (the first 3) and
-shrinks the rest: one training prompt that the base `shapes-flow` gets right about a third of the
-time, 2 groups of 16 images per epoch, 24 epochs of 4 rollout steps, and 3 times the preset's
+shrinks the rest: one training prompt on which the base `shapes-flow` scores about 0.4 (partial
+credit), 2 groups of 16 images per epoch, 24 epochs of 4 rollout steps, and 3 times the preset's
 learning rate (about a minute each on 2 CPU cores). The reward, the verifier's partial credit, is
 measured before and after with the ODE from the same 256 seeds, so its change is a paired
 difference. The change must exceed three of its standard errors: a change that large has a
