@@ -114,7 +114,7 @@ def main() -> None:
     for name, extra in variants.items():
         cfg = ddrl_config(args.samples, args.steps, **extra)
         rows, tr = run_ddrl(cfg, args.epochs)
-        iso = isolated_seconds(tr, cfg.single_pass, cfg.train.timesteps_per_forward)
+        iso = isolated_seconds(tr, tr.algorithm.keeps_sampling_graph(cfg), cfg.train.timesteps_per_forward)
         ep = median(rows, "perf/epoch_s")
         results[name] = ep
         print(f"{name:<34}{ep:>9.2f}{median(rows, 'perf/sample_s'):>9.2f}{median(rows, 'perf/reward_s'):>9.2f}"

@@ -1,7 +1,8 @@
 """Flow samplers and flow RL algorithms, measured:
 
 1. fidelity: 1-D Gaussian data N(1.5, 0.5^2) with its exact velocity field; the final mean and
-   std of the Euler ODE, Flow-SDE (a = 0.7) and CPS (eta = 0.8) samplers at 10 and 40 steps;
+   std of the Euler ODE, Flow-SDE (a = 0.7), CPS (eta = 0.8) and DPM-Solver++(2M) (DiffusionNFT's
+   rollout solver) samplers at 10 and 40 steps;
 2. residual noise: the built-in shapes-flow model's final samples at 10 steps (as Flow-GRPO
    trains) under the SDE and CPS samplers against the ODE, as the high-frequency energy of the
    decoded images (the power above half the Nyquist frequency), with noise at every step and
@@ -34,7 +35,7 @@ def fidelity(n: int = 200_000, mu: float = 1.5, s: float = 0.5) -> list[tuple]:
 
     rows = []
     for steps in (10, 40):
-        for kind, eta in (("ode", 0.0), ("sde", 0.7), ("cps", 0.8)):
+        for kind, eta in (("ode", 0.0), ("sde", 0.7), ("cps", 0.8), ("dpm2", 0.0)):
             g = torch.Generator().manual_seed(0)
             traj = rollout(v, torch.randn(n, 1, generator=g), FlowSampler(flow_sigmas(steps), kind, eta),
                            noise=lambda: torch.randn(n, 1, generator=g))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -57,7 +58,8 @@ def main() -> None:
     from ddrl.rewards import get_reward, score
     from ddrl.rewards.aesthetic import AestheticMLP
     from ddrl.rewards.server import RewardServer
-    from ddrl.rewards.tiny import tiny_bert, tiny_blip, tiny_clip, tiny_vlm
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny random-weight models
+    from tiny_rewards import tiny_bert, tiny_blip, tiny_clip, tiny_vlm
 
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Run the test suite, setting up the environment if needed. `--slow` also runs the slow tests.
+# Run the test suite, setting up the environment if needed (CI runs this with no arguments).
+#   scripts/test.sh           everything but the slow checks, learning runs included (~12 min on 2 cores)
+#   scripts/test.sh --quick   no learning runs, no slow checks: the edit loop (~5 min)
+#   scripts/test.sh --slow    everything
+# Extra arguments pass through to pytest.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
-if [ "${1:-}" = "--slow" ]; then
-    shift
-    exec python -m pytest -m "slow or not slow" "$@"
-fi
+case "${1:-}" in
+    --slow) shift; exec python -m pytest -m "slow or not slow" "$@" ;;
+    --quick) shift; exec python -m pytest -m "not slow and not learning" "$@" ;;
+esac
 exec python -m pytest -m "not slow" "$@"

@@ -53,25 +53,25 @@ def generator():
 
 @pytest.fixture(scope="session")
 def tiny_clip_folder(tmp_path_factory):
-    from ddrl.rewards.tiny import tiny_clip
+    from tiny_rewards import tiny_clip
     return tiny_clip(tmp_path_factory.mktemp("tiny-clip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_folder(tmp_path_factory):
-    from ddrl.rewards.tiny import tiny_bert
+    from tiny_rewards import tiny_bert
     return tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")
 def tiny_blip_folder(tmp_path_factory):
-    from ddrl.rewards.tiny import tiny_blip
+    from tiny_rewards import tiny_blip
     return tiny_blip(tmp_path_factory.mktemp("tiny-blip"))
 
 
 @pytest.fixture(scope="session")
 def tiny_vlm_folder(tmp_path_factory):
-    from ddrl.rewards.tiny import tiny_vlm
+    from tiny_rewards import tiny_vlm
     return tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
 
 

@@ -94,3 +94,16 @@ def test_evaluate_reports_every_category(tmp_path, tiny_sd_folder, capsys):
     assert {f"accuracy/{c}" for c in CATEGORIES} <= summary.keys()
     assert summary["n"] == len(split("heldout"))
     assert "overall" in capsys.readouterr().out
+
+
+def test_enum_fields_are_checked_with_a_hint_and_renamed_keys_still_read():
+    from ddrl.config import Config, ConfigError, apply_overrides
+
+    with pytest.raises(ConfigError, match=r"sample.sampler must be one of .*flow-dpm2, got 'flow-sd' \(did you mean 'flow-sde'\?\)"):
+        apply_overrides(Config(), {"sample.sampler": "flow-sd"})
+    with pytest.raises(ConfigError, match=r"train.algorithm 'ddpo' is unknown \(did you mean 'ddpo-"):
+        from ddrl.config import validate
+
+        validate(apply_overrides(Config(), {"train.algorithm": "ddpo"}))
+    # config files of earlier runs name the guidance-in-re-scoring switch train.cfg
+    assert apply_overrides(Config(), {"train.cfg": "false"}).train.rescore_with_guidance is False

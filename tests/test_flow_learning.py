@@ -17,6 +17,8 @@ from ddrl.presets import preset_config
 from ddrl.train import train
 from ddrl.train.report import paired_change
 
+pytestmark = pytest.mark.learning
+
 PROMPT = "a purple square and a red triangle"
 
 

@@ -9,7 +9,7 @@ import torch
 
 from ddrl.advantages import group_advantages, judged_win_rates, win_rates
 from ddrl.losses.ddpo import gaussian_kl_same_std
-from ddrl.losses.nft import nft_loss, optimality_weights
+from ddrl.losses.nft import nft_velocity_loss, optimality_weights
 from ddrl.sampling import FlowSampler, flow_cps_step, flow_ode_step, flow_sde_step, flow_sigmas, rollout
 
 
@@ -182,14 +182,14 @@ def test_step_kl_matches_torch_distributions(state):
     torch.testing.assert_close(gaussian_kl_same_std(a.mean, b.mean, a.std), want, rtol=1e-5, atol=1e-7)
 
 
-def test_nft_loss_is_flow_matching_when_all_weights_are_1_and_beta_is_1(state):
+def test_nft_velocity_loss_is_flow_matching_when_all_weights_are_1_and_beta_is_1(state):
     v_theta, target, g = state
     v_old = torch.randn(v_theta.shape, generator=g)
     fm = ((v_theta - target) ** 2).flatten(1).mean(1)
-    torch.testing.assert_close(nft_loss(v_theta, v_old, target, torch.ones(4), beta=1.0), fm)
+    torch.testing.assert_close(nft_velocity_loss(v_theta, v_old, target, torch.ones(4), beta=1.0), fm)
     # r = 0 with beta = 1: the negative policy 2 v_old - v_theta is pulled to the target
     neg = ((2 * v_old - v_theta - target) ** 2).flatten(1).mean(1)
-    torch.testing.assert_close(nft_loss(v_theta, v_old, target, torch.zeros(4), beta=1.0), neg)
+    torch.testing.assert_close(nft_velocity_loss(v_theta, v_old, target, torch.zeros(4), beta=1.0), neg)
 
 
 def test_optimality_weights_map_clipped_advantages_into_0_1():

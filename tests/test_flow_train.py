@@ -7,10 +7,14 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from ddrl.config import Config, ConfigError, apply_overrides, validate
+from ddrl.algorithms.nft import old_policy_decay
+from ddrl.config import Config, ConfigError, algorithm_class, apply_overrides, validate
 from ddrl.models.policy import ModelError
 from ddrl.train.loop import Trainer
-from ddrl.train.nft import old_policy_decay
+
+
+def trained_steps(cfg) -> int:
+    return algorithm_class(cfg.train.algorithm).trained_steps(cfg)
 
 
 def flow_config(folder, **overrides) -> Config:
@@ -45,7 +49,7 @@ def test_flow_grpo_first_minibatch_is_on_policy_and_a_step_trains_sd3(tiny_sd3_f
 def test_a_noise_window_trains_only_its_steps(tiny_sd3_folder, tmp_path):
     cfg = flow_config(tiny_sd3_folder, **{"sample.sampler": "flow-cps", "sample.noise_level": 0.8,
                                           "sample.noise_window_start": 1, "sample.noise_window_size": 2})
-    assert cfg.trained_timesteps == 2
+    assert trained_steps(cfg) == 2
     tr = Trainer(cfg, tmp_path)
     ro, futures = tr.collect(0, ThreadPoolExecutor(1), type("Bar", (), {"update": lambda *a: None})())
     assert (ro.log_probs[:, [0, 3]] == 0).all() and (ro.log_probs[:, 1:3] != 0).all()
@@ -73,13 +77,14 @@ def test_nft_trains_from_ode_rollouts_and_moves_the_old_policy_by_its_ema(tiny_s
     cfg = flow_config(tiny_sd3_folder, **{"train.algorithm": "nft", "sample.sampler": "flow-ode",
                                           "train.timestep_fraction": 0.5, "train.kl_coef": 1e-4})
     tr = Trainer(cfg, tmp_path)
-    old0 = {k: v.clone() for k, v in tr.nft_old.items()}
+    old0 = {k: v.clone() for k, v in tr.algorithm.old.items()}
     m = tr.run_epoch(0, ThreadPoolExecutor(1))
-    d = old_policy_decay("ramp", 1)
-    assert d == pytest.approx(0.001) and m["train/nft_old_decay"] == pytest.approx(d)
+    assert cfg.optimizer_steps_per_epoch == 2 and tr.optimizer_steps == 2
+    d = old_policy_decay("ramp", 2)  # the decay counts optimizer steps, as DiffusionNFT's return_decay
+    assert d == pytest.approx(0.002) and m["train/nft_old_decay"] == pytest.approx(d)
     assert _changed(old0, tr)
     for k, v in tr.trainable_state().items():  # old <- d old + (1 - d) theta
-        torch.testing.assert_close(tr.nft_old[k], d * old0[k] + (1 - d) * v)
+        torch.testing.assert_close(tr.algorithm.old[k], d * old0[k] + (1 - d) * v)
 
 
 def test_nft_trains_on_the_rollout_noise_levels_whatever_the_noise_window():
@@ -88,8 +93,8 @@ def test_nft_trains_on_the_rollout_noise_levels_whatever_the_noise_window():
     cfg = apply_overrides(Config(), {"model.name": "shapes-flow", "train.algorithm": "nft", "sample.sampler": "flow-ode",
                                      "sample.num_steps": 10, "sample.noise_window_size": 3,
                                      "train.timestep_fraction": 0.5})
-    assert cfg.trained_timesteps == 5
-    assert apply_overrides(cfg, {"train.algorithm": "flow-grpo", "sample.sampler": "flow-sde"}).trained_timesteps == 1
+    assert trained_steps(cfg) == 5
+    assert trained_steps(apply_overrides(cfg, {"train.algorithm": "flow-grpo", "sample.sampler": "flow-sde"})) == 1
 
 
 def test_pref_grpo_trains_on_win_rates(tiny_sd3_folder, tmp_path):
@@ -99,16 +104,20 @@ def test_pref_grpo_trains_on_win_rates(tiny_sd3_folder, tmp_path):
     assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
 
 
-def test_pref_grpo_trains_on_a_pairwise_vlm_judges_win_rates(tiny_sd3_folder, tiny_vlm_folder, tmp_path):
+def test_pref_grpo_trains_on_a_pairwise_vlm_judges_win_rates(tiny_sd3_folder, tiny_vlm_folder, tmp_path, monkeypatch):
     """The judge's win rates replace the reward comparisons. Every pair in a group is judged in
     both orders and averaged, so P(a > b) + P(b > a) = 1 and each group's win rates average 1/2."""
+    import ddrl.algorithms.pref_grpo as pref
+
+    seen = []
+    original = pref.win_rate_advantages
+    monkeypatch.setattr(pref, "win_rate_advantages", lambda rates, groups: seen.append(rates) or original(rates, groups))
     tr = Trainer(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo",
                                                  "reward.pairwise": f"vlm-judge(model={tiny_vlm_folder})"}), tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    ro, _ = tr.collect(0, ThreadPoolExecutor(1), bar=type("Bar", (), {"update": lambda self, n: None})())
-    group_means = ro.win_rates.view(-1, 4).mean(1)
-    torch.testing.assert_close(group_means, torch.full_like(group_means, 0.5))
     m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    group_means = seen[0].view(-1, 4).mean(1)
+    torch.testing.assert_close(group_means, torch.full_like(group_means, 0.5))
     assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
 
 
@@ -144,10 +153,12 @@ def test_flow_run_exports_an_sd3_lora_that_reproduces_the_trained_transformer(ti
     ({"sample.sampler": "flow-cps", "sample.noise_level": 1.5}, r"in \[0, 1\] for flow-cps"),
     ({"sample.noise_window_start": 3, "sample.noise_window_size": 3}, r"noise window \[3, 6\) .* outside the 4 steps"),
     ({"sample.images_per_prompt": 3}, "must divide the samples per epoch"),
-    ({"sample.sampler": "ddim"}, "trains flow-matching models; set sample.sampler"),
-    ({"sample.sampler": "flow-ode"}, "needs a stochastic sampler"),
+    ({"sample.sampler": "ddim"}, "needs a stochastic flow sampler"),
+    ({"sample.sampler": "flow-ode"}, "needs a stochastic flow sampler"),
+    ({"sample.sampler": "flow-dpm2"}, "needs a stochastic flow sampler"),
+    ({"train.kl_form": "exact"}, "train.kl_form must be one of code, paper"),
     ({"train.algorithm": "pref-grpo", "train.advantages": "batch"}, "win rates within groups"),
-    ({"reward.pairwise": "jpeg-compressibility"}, "reward.pairwise is Pref-GRPO's judge"),
+    ({"reward.pairwise": "jpeg-compressibility"}, "reward.pairwise is read by pref-grpo only"),
     ({"train.algorithm": "pref-grpo", "reward.pairwise": "jpeg-compressibility", "sample.images_per_prompt": 8,
       "sample.batch_size": 8}, r"images_per_prompt \(8\) must divide train.batch_size \(4\)"),
 ])
@@ -157,10 +168,10 @@ def test_bad_flow_settings_fail_before_any_work(tiny_sd3_folder, overrides, mess
 
 
 def test_model_kind_mismatches_are_refused_before_training(tiny_sd_folder, tiny_sd3_folder, tmp_path):
-    with pytest.raises(ModelError, match="is a diffusion model .* need a flow-matching"):
+    with pytest.raises(ModelError, match=r"is a diffusion \(epsilon\) model .*; train.algorithm flow-grpo trains a flow"):
         Trainer(flow_config(tiny_sd_folder), tmp_path)
     ddpo = apply_overrides(Config(), {"model.name": str(tiny_sd3_folder), "reward.name": "jpeg-compressibility"})
-    with pytest.raises(ModelError, match="flow-matching \\(velocity\\) model; ddpo-is trains"):
+    with pytest.raises(ModelError, match=r"flow-matching \(velocity\) model .*; train.algorithm ddpo-is trains a diff"):
         Trainer(ddpo, tmp_path)
 
 
@@ -199,7 +210,8 @@ def test_flow_grpo_trains_flux_and_exports_its_lora(tiny_flux_folder, tmp_path):
 
 
 def test_ema_of_the_trained_weights_follows_each_optimizer_step_and_is_checkpointed(tiny_sd3_folder, tmp_path):
-    """One optimizer step per epoch: ema = 0.9 theta_0 + 0.1 theta_1."""
+    """One optimizer step per epoch, flow_grpo's warm-up (flow_grpo/ema.py): the decay of update
+    s = 1 is min((1 + 1) / (10 + 1), 0.9) = 2/11, so ema = 2/11 theta_0 + 9/11 theta_1."""
     cfg = flow_config(tiny_sd3_folder, **{"train.ema_decay": 0.9, "sample.num_batches_per_epoch": 1,
                                           "run.epochs": 1, "run.output_dir": str(tmp_path)})
     assert cfg.optimizer_steps_per_epoch == 1
@@ -208,10 +220,34 @@ def test_ema_of_the_trained_weights_follows_each_optimizer_step_and_is_checkpoin
     tr.run_epoch(0, ThreadPoolExecutor(1))
     assert _changed(theta0, tr)
     for k, v in tr.trainable_state().items():
-        torch.testing.assert_close(tr.ema[k], 0.9 * theta0[k] + 0.1 * v)
+        torch.testing.assert_close(tr.ema[k], 2 / 11 * theta0[k] + 9 / 11 * v)
     tr.epoch = 1
     tr.save(1)
     again = Trainer(cfg, tmp_path)
     again.load(tmp_path / "checkpoints" / "epoch_000001")
     for k in tr.ema:
         torch.testing.assert_close(again.ema[k], tr.ema[k], atol=0, rtol=0)
+
+
+def test_nft_checkpoint_resumes_exactly_with_its_old_policy_and_the_ema(tiny_sd3_folder, tmp_path):
+    """The algorithm's state (NFT's old policy, in algorithm.safetensors), the EMA and the
+    optimizer-step count that schedules the old policy's decay survive a checkpoint: epoch 2 run
+    after a reload equals epoch 2 of a run that never stopped, bit for bit."""
+    cfg = flow_config(tiny_sd3_folder, **{"train.algorithm": "nft", "sample.sampler": "flow-dpm2",
+                                          "train.timestep_fraction": 0.5, "train.kl_coef": 1e-4,
+                                          "train.ema_decay": 0.9, "run.output_dir": str(tmp_path / "b")})
+    straight = Trainer(cfg, tmp_path / "a")
+    for e in range(2):
+        straight.run_epoch(e, ThreadPoolExecutor(1))
+    first = Trainer(cfg, tmp_path / "b")
+    first.run_epoch(0, ThreadPoolExecutor(1))
+    first.epoch = 1
+    first.save(1)
+    assert (tmp_path / "b/checkpoints/epoch_000001/algorithm.safetensors").exists()
+    resumed = Trainer(cfg, tmp_path / "b")
+    resumed.load(tmp_path / "b/checkpoints/epoch_000001")
+    assert resumed.optimizer_steps == 2
+    resumed.run_epoch(1, ThreadPoolExecutor(1))
+    for got, ref in ((resumed.trainable_state(), straight.trainable_state()), (resumed.algorithm.old, straight.algorithm.old),
+                     (resumed.ema, straight.ema)):
+        assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)

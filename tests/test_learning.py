@@ -2,10 +2,14 @@
 
 import statistics
 
+import pytest
+
 from ddrl.config import apply_overrides
 from ddrl.presets import preset_config
 from ddrl.train import train
 from ddrl.train.metrics import read_metrics
+
+pytestmark = pytest.mark.learning
 
 
 def _short_compressibility_run(tmp_path, **overrides):

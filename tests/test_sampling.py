@@ -118,7 +118,7 @@ def test_rollout_records_a_trajectory_whose_steps_rescore_exactly(generator):
     """A rollout with a fixed linear 'network' stores x_T..x_0 and per-step log-probs; scoring
     each stored transition again gives the same log-prob bit for bit."""
     ab = make_ddim_scheduler().alphas_cumprod
-    sched = ddim_schedule(5, ab, float(ab[0]))  # SD's set_alpha_to_one=False: the last step keeps std > 0
+    sched = ddim_schedule(5, ab)  # the last step's previous timestep is clamped to 0: std > 0
 
     def predict(x, t):
         return 0.5 * x + t.view(-1, 1, 1, 1) / 1000

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ddrl.algorithms.ddpo import DDPO
 from ddrl.config import Config, ConfigError, apply_overrides, validate
 from ddrl.rewards import REWARDS, RewardError, RewardOutput, RewardSpec
 from ddrl.train import train
@@ -31,7 +32,7 @@ def test_first_minibatch_rescoring_is_exactly_on_policy(tiny_sd_folder, tmp_path
     """Before any update, re-scoring the stored steps gives the sampled log-probs bit for bit,
     so the PPO ratio is exactly 1 and nothing is clipped (training minibatch = sampling batch)."""
     cfg = tiny_config(tiny_sd_folder, **{"sample.num_batches_per_epoch": 2})
-    assert not cfg.single_pass  # two optimizer steps per epoch: the recompute path
+    assert not DDPO.keeps_sampling_graph(cfg)  # two optimizer steps per epoch: the recompute path
     m = Trainer(cfg, tmp_path).run_epoch(0, ThreadPoolExecutor(1))
     assert m["train/logprob_gap"] == 0.0
     assert m["train/clipfrac"] > 0  # the second minibatch is off-policy after the first step
@@ -43,7 +44,7 @@ def test_single_pass_update_equals_the_recompute_update(tiny_sd_folder, tmp_path
     grads = {}
     for single in (True, False):
         cfg = tiny_config(tiny_sd_folder, **{"train.single_pass": single, "reward.name": "jpeg-incompressibility"})
-        assert cfg.single_pass == single
+        assert DDPO.keeps_sampling_graph(cfg) == single
         tr = Trainer(cfg, tmp_path / str(single))
 
         def capture(tr=tr, single=single):

@@ -10,7 +10,9 @@ Group (GRPO; Flow-GRPO, Liu et al. 2025): each prompt is sampled G times in the 
              global_std (Flow-GRPO's default), of the whole batch. A group whose rewards are all
              equal carries no signal: its advantages are exactly 0.
 Win rates (Pref-GRPO, Wang et al. 2025): the reward of sample i is the fraction of the others in
-             its group it beats, r_i = mean_{j != i} (1[i beats j] + 1/2 1[tie]).
+             its group it beats, r_i = mean_{j != i} (1[i beats j] + 1/2 1[tie]), and
+             A_i = (r_i - mean_group) / (std_group + 1e-8) with the group's own std, ddof 1
+             (Pref-GRPO, fastvideo/rewards/dispatcher.py, compute_weighted_advantages).
 
 The per-prompt buffers are explicit state: `per_prompt_advantages(state, ...)` returns the new
 state instead of mutating a tracker, so checkpoints hold it as plain JSON and every process,
@@ -65,6 +67,19 @@ def group_advantages(rewards: Tensor, groups: Tensor, *, global_std: bool = True
             continue  # no signal: exactly 0, whatever the std
         std = batch_std if global_std else r[m].std(unbiased=False)
         adv[m] = (r[m] - r[m].mean()) / (std + 1e-4)
+    return adv.float()
+
+
+def win_rate_advantages(rates: Tensor, groups: Tensor) -> Tensor:
+    """Pref-GRPO's advantages of win rates: each group normalised by its own std (ddof 1) + 1e-8.
+    A group of equal win rates (all ties) gives exactly 0."""
+    r = rates.double()
+    adv = torch.zeros_like(r)
+    for g in groups.unique():
+        m = groups == g
+        if m.sum() < 2:
+            raise ValueError("win-rate advantages need at least two samples in every group")
+        adv[m] = (r[m] - r[m].mean()) / (r[m].std(unbiased=True) + 1e-8)
     return adv.float()
 
 

@@ -5,54 +5,28 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import sys
 import time
 from pathlib import Path
 
+from .cli_args import non_negative_float, positive_int, unit_float
+from .io import atomic_write
 from .models.loading import BUILTIN
 
 SPLITS = ("train", "heldout", "all")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
-    return v
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {v}")
-    return v
-
-
-def _unit_float(text: str) -> float:
-    v = _non_negative_float(text)
-    if v > 1:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {v}")
-    return v
-
-
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-sd",
                    help=f"built-in model {sorted(BUILTIN)}, a diffusers folder or a hub id (default: shapes-sd)")
-    p.add_argument("--steps", type=_positive_int, default=20, help="sampling steps (default: 20)")
-    p.add_argument("--guidance", type=_non_negative_float, default=5.0,
+    p.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
+    p.add_argument("--guidance", type=non_negative_float, default=5.0,
                    help="classifier-free guidance scale; 1 disables guidance (default: 5.0)")
-    p.add_argument("--eta", type=_unit_float, default=0.0,
+    p.add_argument("--eta", type=unit_float, default=0.0,
                    help="DDIM stochasticity for epsilon models, in [0, 1] (default: 0, deterministic)")
     p.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed + i (default: 0)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="images per forward pass (default: 64)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
 
 
 def _read_prompts(args) -> list[str]:
@@ -80,13 +54,6 @@ def _read_prompts(args) -> list[str]:
     if any(not p for p in prompts):
         raise ValueError("empty prompt given; every prompt needs at least one word")
     return prompts
-
-
-def _write_atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def _print_summary(summary: dict) -> None:
@@ -123,8 +90,8 @@ def cmd_sample(args) -> None:
               "seconds": round(seconds, 2), "summary": summary,
               "samples": [{"prompt": p, "seed": s, "correct": c, "score": sc}
                           for p, s, c, sc in zip(all_prompts, seeds, ev.correct, ev.scores)]}
-    _write_atomic(out, lambda t: grid.save(t, format="PNG"))
-    _write_atomic(out.with_suffix(".json"), lambda t: t.write_text(json.dumps(record, indent=2)))
+    atomic_write(out, lambda t: grid.save(t, format="PNG"))
+    atomic_write(out.with_suffix(".json"), lambda t: t.write_text(json.dumps(record, indent=2)))
     print(f"{len(images)} images in {seconds:.1f} s -> {out} (scores in {out.with_suffix('.json')})")
     _print_summary(summary)
 
@@ -145,7 +112,7 @@ def cmd_evaluate(args) -> None:
           f"guidance {args.guidance}):")
     _print_summary(summary)
     if args.json:
-        _write_atomic(Path(args.json), lambda t: t.write_text(json.dumps(summary, indent=2)))
+        atomic_write(Path(args.json), lambda t: t.write_text(json.dumps(summary, indent=2)))
 
 
 # Each stage as the shipped models were trained (see their model cards): learning rate, batch,
@@ -242,14 +209,17 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     import os as _os
 
     procs = int(_os.environ.get("WORLD_SIZE", "1"))
+    from .config import algorithm_class
+
     s, t = cfg.sample, cfg.train
+    algorithm = algorithm_class(t.algorithm)
     print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
           f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
     print(f"  per epoch: {cfg.global_samples_per_epoch(procs)} samples ({procs} process(es) x {s.num_batches_per_epoch} "
-          f"batches x {s.batch_size}), {s.num_steps} steps each, {cfg.trained_timesteps} trained; "
+          f"batches x {s.batch_size}), {s.num_steps} steps each, {algorithm.trained_steps(cfg)} trained; "
           f"{cfg.optimizer_steps_per_epoch} optimizer step(s) of {t.batch_size * t.gradient_accumulation_steps * procs} "
           f"samples; {cfg.run.epochs} epochs")
-    if cfg.single_pass:
+    if algorithm.keeps_sampling_graph(cfg):
         print("  every update is on-policy: training reuses the sampling pass (no second forward)")
     print(f"  run folder: {run_dir}")
 
@@ -294,9 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-file", help="a text file with one prompt per line")
     p.add_argument("--split", choices=SPLITS, default="heldout",
                    help="shapes-world prompt split to draw from when no prompt is given (default: heldout)")
-    p.add_argument("--num-prompts", type=_positive_int, default=16, help="prompts drawn from the split (default: 16)")
-    p.add_argument("--per-prompt", type=_positive_int, default=1, help="images per prompt (default: 1)")
-    p.add_argument("--columns", type=_positive_int, default=8, help="grid columns (default: 8)")
+    p.add_argument("--num-prompts", type=positive_int, default=16, help="prompts drawn from the split (default: 16)")
+    p.add_argument("--per-prompt", type=positive_int, default=1, help="images per prompt (default: 1)")
+    p.add_argument("--columns", type=positive_int, default=8, help="grid columns (default: 8)")
     p.add_argument("--out", default="outputs/sample.png", help="grid PNG path (default: outputs/sample.png)")
     p.set_defaults(func=cmd_sample)
 
@@ -305,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "per category.")
     _add_generation_args(p)
     p.add_argument("--split", choices=SPLITS, default="heldout", help="prompt split (default: heldout)")
-    p.add_argument("--per-prompt", type=_positive_int, default=4, help="images per prompt (default: 4)")
+    p.add_argument("--per-prompt", type=positive_int, default=4, help="images per prompt (default: 4)")
     p.add_argument("--json", help="also write the summary to this JSON file")
     p.set_defaults(func=cmd_evaluate)
 
@@ -315,14 +285,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", choices=("vae", "shapes-sd", "shapes-flow", "all"))
     p.add_argument("--work-dir", default="runs/pretrain", help="data and checkpoints (default: runs/pretrain)")
     p.add_argument("--out", help="folder to export diffusers models into (default: WORK_DIR/export)")
-    p.add_argument("--steps", type=_positive_int,
+    p.add_argument("--steps", type=positive_int,
                    help="optimizer steps (default: as the shipped models; see their model cards)")
-    p.add_argument("--minutes", type=_non_negative_float,
+    p.add_argument("--minutes", type=non_negative_float,
                    help="stop the stage after this much training time in all (default: no limit)")
     p.add_argument("--export-only", action="store_true",
                    help="export, evaluate and card the latest checkpoint without training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("train", help="fine-tune a model with RL against a reward",

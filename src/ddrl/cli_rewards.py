@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli import _non_negative_float, _positive_int
+from .cli_args import non_negative_float, positive_int
 
 
 def cmd_rewards(args) -> None:
@@ -80,8 +80,8 @@ def add_reward_commands(sub) -> None:
     p.add_argument("--port", type=int, default=8100, help="port (default: 8100; 0 picks a free one)")
     p.add_argument("--token-env", default="DDRL_REWARD_TOKEN",
                    help="environment variable holding a bearer token to require (default: DDRL_REWARD_TOKEN)")
-    p.add_argument("--max-mb", type=_positive_int, default=64, help="largest request body in MiB (default: 64)")
-    p.add_argument("--max-batch", type=_positive_int, default=256, help="most images per request (default: 256)")
+    p.add_argument("--max-mb", type=positive_int, default=64, help="largest request body in MiB (default: 64)")
+    p.add_argument("--max-batch", type=positive_int, default=256, help="most images per request (default: 256)")
     p.set_defaults(func=cmd_reward_server)
 
     p = sub.add_parser("convert-open-clip", help="convert an open_clip checkpoint (e.g. HPS v2.1) for transformers",
@@ -100,12 +100,12 @@ def add_reward_commands(sub) -> None:
                        "preference (verifier correctness + a taste for saturated colour): train.jsonl, "
                        "heldout.jsonl (new images of the training prompts) and heldout_prompts.jsonl.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--images-per-prompt", type=_positive_int, default=16, help="training images per prompt (default: 16)")
-    p.add_argument("--heldout-images-per-prompt", type=_positive_int, default=4, help="held-out images per prompt (default: 4)")
-    p.add_argument("--steps", type=_positive_int, default=10, help="sampling steps (default: 10)")
-    p.add_argument("--saturation-weight", type=_non_negative_float, default=0.5,
+    p.add_argument("--images-per-prompt", type=positive_int, default=16, help="training images per prompt (default: 16)")
+    p.add_argument("--heldout-images-per-prompt", type=positive_int, default=4, help="held-out images per prompt (default: 4)")
+    p.add_argument("--steps", type=positive_int, default=10, help="sampling steps (default: 10)")
+    p.add_argument("--saturation-weight", type=non_negative_float, default=0.5,
                    help="weight of mean saturation in the hidden preference (default: 0.5)")
-    p.add_argument("--max-prompts", type=_positive_int, help="use only the first N prompts of each split")
+    p.add_argument("--max-prompts", type=positive_int, help="use only the first N prompts of each split")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reward_pairs)
 
@@ -119,8 +119,8 @@ def add_reward_commands(sub) -> None:
     p.add_argument("--text-encoder", default="shapes-sd",
                    help="where the frozen CLIP text encoder comes from: a built-in model, a diffusers folder "
                    "or a CLIP folder (default: shapes-sd)")
-    p.add_argument("--epochs", type=_positive_int, default=4, help="passes over the pairs (default: 4)")
-    p.add_argument("--batch-size", type=_positive_int, default=64, help="pairs per step (default: 64)")
+    p.add_argument("--epochs", type=positive_int, default=4, help="passes over the pairs (default: 4)")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="pairs per step (default: 64)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_reward_train)

@@ -13,13 +13,17 @@ import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-ALGORITHMS = ("ddpo-is", "ddpo-sf", "rwr", "flow-grpo", "pref-grpo", "nft")
-FLOW_ALGORITHMS = ("flow-grpo", "pref-grpo", "nft")
-SAMPLERS = ("ddim", "flow-sde", "flow-cps", "flow-ode")
-ADVANTAGES = ("per-prompt", "batch", "group")
-MIXED_PRECISION = ("no", "fp16", "bf16")
+Sampler = Literal["ddim", "flow-sde", "flow-cps", "flow-ode", "flow-dpm2"]
+AdvantageKind = Literal["per-prompt", "batch", "group"]
+MixedPrecision = Literal["no", "fp16", "bf16"]
+KLForm = Literal["code", "paper"]
+NFTLoss = Literal["x0-adaptive", "velocity"]
+NFTDecay = Literal["none", "ramp", "delayed"]
+
+# keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
+RENAMED = {"train.cfg": "train.rescore_with_guidance"}
 
 
 class ConfigError(ValueError):
@@ -49,8 +53,9 @@ class PromptConfig:
 class SampleConfig:
     num_steps: int = 20
     """denoising steps T of each rollout"""
-    sampler: str = "ddim"
-    """ddim (epsilon/v/x0 models), or flow-sde, flow-cps, flow-ode (flow-matching models)"""
+    sampler: Sampler = "ddim"
+    """ddim (epsilon/v/x0 models), or flow-sde, flow-cps, flow-ode, flow-dpm2 (flow-matching models;
+    flow-dpm2 is the deterministic DPM-Solver++(2M), DiffusionNFT's rollout solver)"""
     eta: float = 1.0
     """DDIM stochasticity in (0, 1]; 1 is DDPM-like (DDPO's setting)"""
     noise_level: float = 0.7
@@ -72,8 +77,9 @@ class SampleConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     algorithm: str = "ddpo-is"
-    """ddpo-is (PPO clip), ddpo-sf (REINFORCE), rwr (reward-weighted regression); for flow models
-    flow-grpo (PPO clip, group advantages), pref-grpo (flow-grpo on group win rates) or nft (DiffusionNFT)"""
+    """a registered algorithm (ddrl.algorithms.ALGORITHMS): ddpo-is (PPO clip), ddpo-sf (REINFORCE),
+    rwr (reward-weighted regression); for flow models flow-grpo (PPO clip, group advantages),
+    pref-grpo (flow-grpo on group win rates) or nft (DiffusionNFT)"""
     learning_rate: float | None = None
     """AdamW learning rate; None uses the default for LoRA or full fine-tuning"""
     batch_size: int = 16
@@ -83,7 +89,8 @@ class TrainConfig:
     num_inner_epochs: int = 1
     """passes over each epoch's samples"""
     timestep_fraction: float = 1.0
-    """fraction of each trajectory's steps trained on, drawn per sample"""
+    """fraction of each trajectory's stochastic steps trained on: ddpo a random subset per sample,
+    flow-grpo the first ones in order (its reference: 0.99, all but the last), nft random noise levels"""
     timesteps_per_forward: int = 1
     """trained steps batched into one network forward (same update, different speed)"""
     single_pass: bool = True
@@ -96,24 +103,35 @@ class TrainConfig:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_eps: float = 1e-8
-    cfg: bool = True
-    """apply guidance when re-scoring steps in training, as at sampling (DDPO's default)"""
+    rescore_with_guidance: bool = True
+    """apply classifier-free guidance when re-scoring steps in training, as at sampling (the
+    references' `train.cfg`, default on); false re-scores the conditional prediction alone"""
     kl_coef: float = 0.0
     """beta of the KL to the reference model (base model / LoRA off); 0 skips its forward"""
-    advantages: str = "per-prompt"
+    kl_form: KLForm = "code"
+    """flow-grpo/pref-grpo with flow-sde: code divides (mean - mean_ref)^2 by 2 s^2 as flow_grpo's
+    training script does (the papers' beta assume it); paper by the step's full variance 2 s^2 dt"""
+    advantages: AdvantageKind = "per-prompt"
     """per-prompt (DDPO's stat tracking), batch, or group (GRPO: the images_per_prompt samples of a prompt)"""
     global_std: bool = True
-    """group advantages divide by the batch's std (Flow-GRPO's default) instead of the group's"""
+    """group advantages divide by the batch's std (Flow-GRPO's default) instead of the group's
+    (pref-grpo always uses its group's std, ddof 1, as its reference)"""
     filter_zero_std: bool = True
-    """skip training on groups whose rewards are all equal (their advantages are 0)"""
+    """flow-grpo/pref-grpo: drop samples whose advantage is exactly 0 (groups whose rewards are all
+    equal), KL term included, and re-batch the rest, as flow_grpo does"""
     ema_decay: float = 0.0
-    """EMA of the trained weights after each optimizer step (Flow-GRPO: 0.9), used for evaluation,
-    grids and the exported LoRA; 0 disables it"""
+    """EMA of the trained weights (flow_grpo and DiffusionNFT: 0.9), used for evaluation, grids and
+    the exported LoRA; the decay at update s is min((1 + s) / (10 + s), ema_decay); 0 disables it"""
+    ema_update_interval: int = 1
+    """optimizer steps between EMA updates (flow_grpo: 8, DiffusionNFT: 1)"""
     nft_beta: float = 1.0
     """DiffusionNFT: strength beta of the implicit positive/negative policies"""
-    nft_old_decay: str = "ramp"
-    """DiffusionNFT: EMA decay of the old (sampling) policy after each epoch: none (old = current),
-    ramp (min(0.001 epoch, 0.5)) or delayed (0 for 75 epochs, then min(0.0075 (epoch - 75), 0.999))"""
+    nft_loss: NFTLoss = "x0-adaptive"
+    """DiffusionNFT: x0-adaptive (the reference code: x0 errors over their stop-gradient mean
+    absolute error, times adv_clip_max / beta) or velocity (the paper's plain velocity errors)"""
+    nft_old_decay: NFTDecay = "ramp"
+    """DiffusionNFT: decay d of the old (sampling) policy's EMA after each epoch, by optimizer steps s:
+    none (old = current), ramp (min(0.001 s, 0.5)) or delayed (0 for 75 steps, then min(0.0075 (s - 75), 0.999))"""
     buffer_size: int = 16
     """per-prompt FIFO length"""
     min_count: int = 16
@@ -159,7 +177,7 @@ class RunConfig:
     save_every: int = 1
     """epochs between checkpoints (the last epoch is always saved)"""
     keep_checkpoints: int = 2
-    mixed_precision: str = "no"
+    mixed_precision: MixedPrecision = "no"
     """no, fp16 or bf16 (GPU), passed to accelerate"""
 
 
@@ -200,12 +218,6 @@ class Config:
         return size - int(s.sampler == "flow-cps" and s.noise_window_start + size == s.num_steps)
 
     @property
-    def trained_timesteps(self) -> int:
-        # DiffusionNFT trains on the rollout's noise levels, noised afresh: a noise window does not apply
-        steps = self.sample.num_steps if self.train.algorithm == "nft" else self.stochastic_steps
-        return max(1, int(steps * self.train.timestep_fraction))
-
-    @property
     def eval_steps(self) -> int:
         return self.eval.num_steps or self.sample.num_steps
 
@@ -215,17 +227,6 @@ class Config:
             return self.train.learning_rate
         return DEFAULT_LR_LORA if self.model.lora else DEFAULT_LR_FULL
 
-    @property
-    def single_pass(self) -> bool:
-        """True when the update can reuse the sampling pass's graph: DDPO, one optimizer step per
-        epoch over all steps of every sample, re-scored exactly as sampled (so the ratio is 1)."""
-        t = self.train
-        return (t.single_pass and t.algorithm in ("ddpo-is", "ddpo-sf", "flow-grpo", "pref-grpo")
-                and t.num_inner_epochs == 1 and not (t.filter_zero_std and t.advantages == "group")
-                and self.optimizer_steps_per_epoch == 1 and t.timestep_fraction == 1.0
-                and self.stochastic_steps == self.sample.num_steps
-                and t.kl_coef == 0 and (t.cfg or self.sample.guidance_scale == 1.0))
-
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -234,7 +235,18 @@ DEFAULT_LR_LORA = 3e-3
 DEFAULT_LR_FULL = 1e-4
 
 
+def algorithm_class(name: str):
+    """The registered algorithm called `name`, or a ConfigError with the closest name."""
+    from .algorithms import ALGORITHMS
+
+    if name not in ALGORITHMS:
+        raise ConfigError(f"train.algorithm {name!r} is unknown{_hint(name, ALGORITHMS)}; "
+                          f"choose from {', '.join(ALGORITHMS)}")
+    return ALGORITHMS[name]
+
+
 def validate(cfg: Config) -> None:
+    """Checks every algorithm shares, then the chosen algorithm's own (its `validate`)."""
     s, t, m, r = cfg.sample, cfg.train, cfg.model, cfg.run
     positive = {"sample.num_steps": s.num_steps, "sample.batch_size": s.batch_size,
                 "sample.num_batches_per_epoch": s.num_batches_per_epoch,
@@ -242,6 +254,7 @@ def validate(cfg: Config) -> None:
                 "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
                 "train.num_inner_epochs": t.num_inner_epochs, "train.timesteps_per_forward": t.timesteps_per_forward,
                 "train.buffer_size": t.buffer_size, "train.min_count": t.min_count,
+                "train.ema_update_interval": t.ema_update_interval,
                 "model.lora_rank": m.lora_rank, "run.epochs": r.epochs, "run.save_every": r.save_every,
                 "run.keep_checkpoints": r.keep_checkpoints, "eval.images_per_prompt": cfg.eval.images_per_prompt,
                 "eval.grid_size": cfg.eval.grid_size}
@@ -250,63 +263,33 @@ def validate(cfg: Config) -> None:
     for k, v in positive.items():
         if v < 1:
             raise ConfigError(f"{k} must be a positive integer, got {v}")
-    if t.algorithm not in ALGORITHMS:
-        raise ConfigError(f"train.algorithm {t.algorithm!r} is unknown{_hint(t.algorithm, ALGORITHMS)}; "
-                          f"choose from {', '.join(ALGORITHMS)}")
-    if t.advantages not in ADVANTAGES:
-        raise ConfigError(f"train.advantages must be one of {', '.join(ADVANTAGES)}, got {t.advantages!r}")
-    if s.sampler not in SAMPLERS:
-        raise ConfigError(f"sample.sampler {s.sampler!r} is unknown{_hint(s.sampler, SAMPLERS)}; "
-                          f"choose from {', '.join(SAMPLERS)}")
-    flow_sampler = s.sampler != "ddim"
-    if t.algorithm in FLOW_ALGORITHMS and not flow_sampler:
-        raise ConfigError(f"train.algorithm {t.algorithm} trains flow-matching models; set sample.sampler to "
-                          "flow-sde, flow-cps or flow-ode")
-    if flow_sampler and t.algorithm in ("ddpo-is", "ddpo-sf", "rwr"):
-        raise ConfigError(f"sample.sampler {s.sampler} is a flow-matching sampler; use train.algorithm "
-                          f"flow-grpo, pref-grpo or nft (or sample.sampler ddim for {t.algorithm})")
+    algorithm = algorithm_class(t.algorithm)
     if s.sampler == "flow-cps" and not 0 <= s.noise_level <= 1:
         raise ConfigError(f"sample.noise_level must be in [0, 1] for flow-cps (the CPS eta), got {s.noise_level}")
     if s.noise_level < 0:
         raise ConfigError(f"sample.noise_level must be >= 0, got {s.noise_level}")
-    if flow_sampler:
+    if s.sampler != "ddim":
         size = s.noise_window_size or s.num_steps - s.noise_window_start
         if s.noise_window_start < 0 or s.noise_window_size < 0 or size < 1 or s.noise_window_start + size > s.num_steps:
             raise ConfigError(f"the noise window [{s.noise_window_start}, {s.noise_window_start + size}) "
                               f"(sample.noise_window_start, sample.noise_window_size) is outside the "
                               f"{s.num_steps} steps (sample.num_steps)")
-        if t.algorithm in ("flow-grpo", "pref-grpo") and cfg.stochastic_steps < 1:
-            raise ConfigError("the noise window holds only CPS's last step, which adds no noise: no step to train")
-        if t.algorithm in ("flow-grpo", "pref-grpo") and (s.sampler == "flow-ode" or s.noise_level == 0):
-            raise ConfigError(f"{t.algorithm} needs a stochastic sampler (flow-sde or flow-cps with "
-                              "sample.noise_level > 0) for its log-probs; nft can use flow-ode")
     if t.advantages == "group" and s.images_per_prompt < 2:
         raise ConfigError("train.advantages group needs sample.images_per_prompt >= 2 (the group size)")
-    if t.algorithm == "pref-grpo" and t.advantages != "group":
-        raise ConfigError("pref-grpo computes win rates within groups: set train.advantages to group")
-    if cfg.reward.pairwise and t.algorithm != "pref-grpo":
-        raise ConfigError(f"reward.pairwise is Pref-GRPO's judge; train.algorithm is {t.algorithm}")
-    if cfg.reward.pairwise and t.batch_size % s.images_per_prompt:
-        raise ConfigError(f"a pairwise judge compares each group on the process that sampled it: "
-                          f"sample.images_per_prompt ({s.images_per_prompt}) must divide train.batch_size "
-                          f"({t.batch_size})")
+    if cfg.reward.pairwise and not algorithm.uses_pairwise_judge:
+        users = [n for n, a in _algorithms().items() if a.uses_pairwise_judge]
+        raise ConfigError(f"reward.pairwise is read by {', '.join(users)} only; train.algorithm is {t.algorithm}")
     if not 0 <= t.ema_decay < 1:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if t.nft_old_decay not in ("none", "ramp", "delayed"):
-        raise ConfigError(f"train.nft_old_decay must be none, ramp or delayed, got {t.nft_old_decay!r}")
     if cfg.eval.num_steps < 0:
         raise ConfigError(f"eval.num_steps must be >= 0, got {cfg.eval.num_steps}")
-    if r.mixed_precision not in MIXED_PRECISION:
-        raise ConfigError(f"run.mixed_precision must be one of {MIXED_PRECISION}, got {r.mixed_precision!r}")
     if not 0 <= s.eta <= 1:
         raise ConfigError(f"sample.eta must be in [0, 1], got {s.eta}")
-    if s.eta == 0 and t.algorithm in ("ddpo-is", "ddpo-sf"):
-        raise ConfigError(f"sample.eta must be > 0 for {t.algorithm}: its log-probs need a stochastic sampler")
     if s.guidance_scale < 1:
         raise ConfigError(f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
     if not 0 < t.timestep_fraction <= 1:
         raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
-    for k in ("clip_range", "adv_clip_max", "max_grad_norm"):
+    for k in ("clip_range", "adv_clip_max", "max_grad_norm", "nft_beta"):
         if getattr(t, k) <= 0:
             raise ConfigError(f"train.{k} must be > 0, got {getattr(t, k)}")
     if t.kl_coef < 0 or t.weight_decay < 0:
@@ -330,6 +313,13 @@ def validate(cfg: Config) -> None:
                           f"= {cfg.minibatches_per_epoch}")
     for k in ("source", "eval_source"):
         _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k))
+    algorithm.validate(cfg)
+
+
+def _algorithms():
+    from .algorithms import ALGORITHMS
+
+    return ALGORITHMS
 
 
 def _check_prompt_source(key: str, src: str) -> None:
@@ -351,6 +341,11 @@ def _hint(name: str, choices) -> str:
 def _coerce(key: str, value: Any, typ) -> Any:
     """A value from YAML or the command line, converted to the field's type."""
     args = typing.get_args(typ)
+    if typing.get_origin(typ) is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} must be one of {', '.join(map(str, args))}, got {value!r}"
+                              f"{_hint(str(value), [str(a) for a in args])}")
+        return value
     if typing.get_origin(typ) in (typing.Union, types.UnionType):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             if type(None) in args:
@@ -391,6 +386,7 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
     changes: dict[str, dict[str, Any]] = {}
     for raw_key, value in overrides.items():
         key = raw_key.replace("-", "_")
+        key = RENAMED.get(key, key)
         section, _, name = key.partition(".")
         if section not in sections or not name:
             all_keys = [f"{s}.{f.name}" for s, c in sections.items() for f in fields(c)]

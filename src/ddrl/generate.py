@@ -14,32 +14,18 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .models.policy import Policy, guided_prediction
-from .sampling import ddim_step, flow_ode_step
+from .sampling import DDIMSampler, FlowSampler, rollout
 
 
 def _randn(shape: tuple[int, ...], gens: Sequence[torch.Generator]) -> Tensor:
     return torch.stack([torch.randn(shape, generator=g) for g in gens])  # (B, *shape)
 
 
-def _denoise(policy: Policy, x: Tensor, cond, uncond, gens, *, num_steps: int,
-             guidance_scale: float, eta: float, on_step=lambda: None) -> Tensor:
-    b, device = x.shape[0], x.device
+def sampler_for(policy: Policy, num_steps: int, eta: float = 0.0) -> DDIMSampler | FlowSampler:
+    """DDIM with `eta` for epsilon models, the Euler ODE for flow models."""
     if policy.prediction == "epsilon":
-        sched = policy.schedule(num_steps)
-        for j, t in enumerate(sched.timesteps.tolist()):
-            eps = guided_prediction(policy, x, torch.full((b,), t, device=device), cond, uncond,
-                                    guidance_scale)
-            noise = _randn(x.shape[1:], gens).to(device) if eta > 0 else None
-            x = ddim_step(x, eps, sched.alpha_bar[j], sched.alpha_bar_prev[j], eta=eta, noise=noise).x_prev
-            on_step()
-        return x
-    sigmas = policy.sigmas(num_steps)
-    for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-        v = guided_prediction(policy, x, torch.full((b,), s, device=device), cond, uncond,
-                              guidance_scale)
-        x = flow_ode_step(x, v, s, s_next)
-        on_step()
-    return x
+        return DDIMSampler(policy.schedule(num_steps), eta)
+    return FlowSampler(policy.sigmas(num_steps), "ode", 0.0)
 
 
 @torch.no_grad()
@@ -54,6 +40,7 @@ def generate(policy: Policy, prompts: Sequence[str], seeds: Sequence[int], *, nu
     if eta > 0 and policy.prediction != "epsilon":
         raise ValueError(f"eta (DDIM stochasticity) applies to epsilon-prediction models; this "
                          f"model predicts {policy.prediction}, so use eta 0")
+    sampler = sampler_for(policy, num_steps, eta)
     cond_all = policy.encode(prompts)  # also validates every prompt before any sampling work
     uncond1 = policy.encode([""])
     images = []
@@ -64,8 +51,8 @@ def generate(policy: Policy, prompts: Sequence[str], seeds: Sequence[int], *, nu
             p, s = list(prompts[i:i + batch_size]), seeds[i:i + batch_size]
             gens = [torch.Generator().manual_seed(int(x)) for x in s]
             x = _randn(policy.latent_shape, gens).to(policy.device)
-            cond = cond_all[i:i + batch_size]
-            x = _denoise(policy, x, cond, uncond1.repeat(len(p)), gens, num_steps=num_steps,
-                         guidance_scale=guidance_scale, eta=eta, on_step=lambda: bar.update(1))
-            images.append(policy.decode(x).cpu())
+            cond, uncond = cond_all[i:i + batch_size], uncond1.repeat(len(p))
+            traj = rollout(lambda z, t: guided_prediction(policy, z, t, cond, uncond, guidance_scale), x, sampler,
+                           noise=lambda gens=gens: _randn(policy.latent_shape, gens), on_step=lambda: bar.update(1))
+            images.append(policy.decode(traj.final).cpu())
     return torch.cat(images)

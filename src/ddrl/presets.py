@@ -58,14 +58,18 @@ _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts
          "eval.images_per_prompt": 4, "eval.train_images_per_prompt": 2}
 
 # SD3.5-Medium paper settings (Flow-GRPO config/grpo.py geneval_sd3 / pickscore_sd3; DiffusionNFT
-# config/nft.py), written per GPU process for `accelerate launch` on 8 GPUs. GenEval and
-# PickScore rewards need their scorers (GenEval as a reward server). Not run in ddrl's tests.
+# config/nft.py), written per GPU process for `accelerate launch` on 8 GPUs: 48 groups of 24
+# images per epoch, KL in the training script's form (train.kl_form code) at the papers' beta, and
+# flow_grpo's EMA (decay 0.9 with warm-up, every 8 optimizer steps) for evaluation and export.
+# GenEval and PickScore rewards need their scorers (GenEval as a reward server). Not run in
+# ddrl's tests.
 _SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_steps": 10, "eval.num_steps": 40,
          "sample.guidance_scale": 4.5, "sample.sampler": "flow-sde", "sample.noise_level": 0.7,
          "sample.batch_size": 9, "sample.images_per_prompt": 24, "sample.num_batches_per_epoch": 16,
          "train.algorithm": "flow-grpo", "train.advantages": "group", "train.global_std": True,
          "train.batch_size": 9, "train.gradient_accumulation_steps": 8, "train.learning_rate": 3e-4,
-         "train.clip_range": 1e-4, "train.timestep_fraction": 0.99, "model.lora_rank": 32,
+         "train.clip_range": 1e-4, "train.timestep_fraction": 0.99, "train.kl_form": "code",
+         "train.ema_decay": 0.9, "train.ema_update_interval": 8, "model.lora_rank": 32,
          "model.lora_alpha": 64.0, "run.mixed_precision": "fp16", "run.epochs": 1000,
          "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
 
@@ -96,7 +100,7 @@ PRESETS: dict[str, Preset] = {
     "shapes-nft": Preset(
         "DiffusionNFT on shapes-flow: CFG-free ODE rollouts, no log-probs",
         _FLOW | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "sample.noise_window_size": 0,
-                 "sample.guidance_scale": 1.0, "train.cfg": False, "train.timestep_fraction": 0.5}),
+                 "sample.guidance_scale": 1.0, "train.timestep_fraction": 0.5}),
     "sd35-geneval-flow-grpo": Preset(
         "Flow-GRPO's GenEval run on SD3.5-Medium (KL 0.04; GPU, untested here); reward via a GenEval server",
         _SD35 | {"train.kl_coef": 0.04, "reward.name": "remote:http://127.0.0.1:18085"}),
@@ -104,9 +108,11 @@ PRESETS: dict[str, Preset] = {
         "Flow-GRPO's PickScore run on SD3.5-Medium (KL 0.01; GPU, untested here)",
         _SD35 | {"train.kl_coef": 0.01, "reward.name": "pickscore"}),
     "sd35-geneval-nft": Preset(
-        "DiffusionNFT's GenEval run on SD3.5-Medium (CFG-free, ODE rollouts; GPU, untested here)",
-        _SD35 | {"train.algorithm": "nft", "sample.sampler": "flow-ode", "sample.guidance_scale": 1.0,
-                 "train.cfg": False, "train.kl_coef": 1e-4, "train.nft_beta": 1.0, "train.nft_old_decay": "ramp",
+        "DiffusionNFT's GenEval run on SD3.5-Medium (CFG-free DPM-Solver++(2M) rollouts, one optimizer "
+        "step per epoch; GPU, untested here)",
+        _SD35 | {"train.algorithm": "nft", "sample.sampler": "flow-dpm2", "sample.guidance_scale": 1.0,
+                 "train.gradient_accumulation_steps": 16, "train.kl_coef": 1e-4, "train.nft_beta": 1.0,
+                 "train.nft_loss": "x0-adaptive", "train.nft_old_decay": "ramp", "train.ema_update_interval": 1,
                  "reward.name": "remote:http://127.0.0.1:18085"}),
     "sd15-compressibility": Preset(
         "the DDPO paper's JPEG compressibility run on Stable Diffusion 1.4 (GPU; untested here)",

@@ -16,10 +16,15 @@ Euler-Maruyama from sigma to sigma' = sigma - dt, with s = noise_level * sqrt(si
 
     x_next = x_t - [v + s^2 / (2 sigma) * (x_t + (1 - sigma) v)] dt + s sqrt(dt) z
 
+(at sigma = 1 the denominator's sigma becomes the schedule's second sigma, as in flow_grpo).
+
 Coefficients-preserving sampling (CPS, Wang & Yu 2025), eta = noise_level in [0, 1]:
 
     x0_hat = x_t - sigma v,  x1_hat = x_t + (1 - sigma) v
     x_next = (1 - sigma') x0_hat + sigma' cos(eta pi/2) x1_hat + sigma' sin(eta pi/2) z
+
+DPM-Solver++(2M) on the flow (DiffusionNFT's rollout solver): a deterministic multistep step
+from the current and previous data predictions x0 = x_t - sigma v (`flow_dpm2_step`).
 
 v- and x0-prediction models convert to eps first (`eps_from_prediction`), so one DDIM step
 serves all three parameterisations.
@@ -103,6 +108,36 @@ def flow_ode_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_ne
     return x_t.float() + (sigma_next - sigma) * velocity.float()
 
 
+def flow_dpm2_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
+                   sigma_prev: Tensor | float | None = None, x0_prev: Tensor | None = None) -> Tensor:
+    """One step of multistep DPM-Solver++(2M) on a rectified flow (alpha = 1 - sigma), in data
+    prediction, the rollout solver of DiffusionNFT's reference (solver.py, solver "dpm2").
+
+    With x0 = x_t - sigma v, lambda(sigma) = log((1 - sigma) / sigma), h = lambda(sigma_next) -
+    lambda(sigma), r = (lambda(sigma) - lambda(sigma_prev)) / h and D1 = (x0 - x0_prev) / r, where
+    x0_prev is the previous step's data prediction (made at sigma_prev):
+
+        x_next = (sigma_next / sigma) x_t - (1 - sigma_next) (e^-h - 1) (x0 + D1 / 2)
+
+    The first step (no previous output) and the step to sigma_next = 0 are Euler steps, as in
+    the reference (its first-order DDIM update with eta 0 is the Euler step)."""
+    x_t, v = x_t.float(), velocity.float()
+    sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float64), torch.as_tensor(sigma_next, dtype=torch.float64)
+    if x0_prev is None or bool((sigma_next == 0).any()):
+        return flow_ode_step(x_t, v, sigma.float(), sigma_next.float())
+    sigma_prev = torch.as_tensor(sigma_prev, dtype=torch.float64)
+
+    def lam(s):
+        return torch.log(1 - s) - torch.log(s)
+
+    x0 = x_t - sigma.float() * v
+    h = lam(sigma_next) - lam(sigma)
+    r = (lam(sigma) - lam(sigma_prev)) / h
+    d1 = (x0 - x0_prev.float()) / r.float()
+    return ((sigma_next / sigma).float() * x_t
+            - ((1 - sigma_next) * (torch.exp(-h) - 1)).float() * (x0 + 0.5 * d1))
+
+
 def _sample_or_score(name: str, mean: Tensor, std: Tensor, noise: Tensor | None, x_prev: Tensor | None) -> Tensor:
     if (noise is None) == (x_prev is None):
         raise ValueError(f"{name} needs exactly one of `noise` (to sample) or `x_prev` (to score)")
@@ -112,9 +147,10 @@ def _sample_or_score(name: str, mean: Tensor, std: Tensor, noise: Tensor | None,
 def flow_sde_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
                   noise_level: float, sigma_max: Tensor | float | None = None, noise: Tensor | None = None,
                   x_prev: Tensor | None = None) -> Step:
-    """One Flow-SDE step. At sigma = 1, sqrt(sigma / (1 - sigma)) is infinite; as Flow-GRPO does,
-    `sigma_max` (the schedule's second sigma) stands in for it there. noise_level 0 is the Euler
-    ODE step, with a zero log-prob."""
+    """One Flow-SDE step. At sigma = 1, sqrt(sigma / (1 - sigma)) is infinite; flow_grpo
+    (sd3_sde_with_logprob.py) puts `sigma_max`, the schedule's second sigma, in the denominator
+    only: s = noise_level * sqrt(1 / (1 - sigma_max)) there. noise_level 0 is the Euler ODE step,
+    with a zero log-prob."""
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
     x_t, v = x_t.float(), velocity.float()
@@ -124,8 +160,11 @@ def flow_sde_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_ne
             raise ValueError("flow_sde_step with noise_level 0 is the ODE; there is no log-prob to score")
         x = flow_ode_step(x_t, v, sigma, sigma_next)
         return Step(x, torch.zeros(x_t.shape[0]), x, torch.zeros(()))
-    s_eff = torch.where(sigma >= 1, torch.as_tensor(sigma_max if sigma_max is not None else 0.999), sigma)
-    s = noise_level * (s_eff / (1 - s_eff)).sqrt()
+    at_one = sigma >= 1
+    if bool(at_one.any()) and sigma_max is None:
+        raise ValueError("flow_sde_step at sigma = 1 needs sigma_max (the schedule's second sigma)")
+    denominator = 1 - torch.where(at_one, torch.as_tensor(sigma_max if sigma_max is not None else 0.0), sigma)
+    s = noise_level * (sigma / denominator).sqrt()
     dt = sigma - sigma_next  # > 0
     mean = x_t - (v + s**2 / (2 * sigma) * (x_t + (1 - sigma) * v)) * dt
     std = s * dt.sqrt()
@@ -200,14 +239,16 @@ class DDIMSchedule:
         return len(self.timesteps)
 
 
-def ddim_schedule(num_steps: int, alphas_cumprod: Tensor, final_alpha_cumprod: float,
-                  steps_offset: int = 1) -> DDIMSchedule:
+def ddim_schedule(num_steps: int, alphas_cumprod: Tensor, steps_offset: int = 1) -> DDIMSchedule:
+    """The last step moves to timestep max(t - 1000 // T, 0): like ddpo-pytorch
+    (ddim_with_logprob.py) the previous timestep is clamped to 0, so alpha_bar_prev is
+    alpha_bar[0] < 1 and the last step keeps std > 0 whatever the scheduler's set_alpha_to_one
+    (with alpha_bar_prev = 1 its std would be 0 and its log-prob NaN)."""
     n_train = len(alphas_cumprod)
     ts = ddim_timesteps(num_steps, n_train, steps_offset)
-    prev = ts - n_train // num_steps
+    prev = (ts - n_train // num_steps).clamp(min=0)
     ab = alphas_cumprod.float()
-    ab_prev = torch.where(prev >= 0, ab[prev.clamp(min=0)], torch.tensor(float(final_alpha_cumprod)))
-    return DDIMSchedule(ts.long(), ab[ts], ab_prev)
+    return DDIMSchedule(ts.long(), ab[ts], ab[prev])
 
 
 class DDIMSampler:
@@ -226,19 +267,21 @@ class DDIMSampler:
         return self.schedule.timesteps[j]
 
     def step(self, j: Tensor, x_t: Tensor, eps: Tensor, *, noise: Tensor | None = None,
-             x_prev: Tensor | None = None) -> Step:
+             x_prev: Tensor | None = None, previous: tuple[Tensor, Tensor] | None = None) -> Step:
+        """`previous` (the last step's x_t and output) is for multistep solvers; DDIM has none."""
         view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
         return ddim_step(x_t, eps, self.schedule.alpha_bar[j].view(view), self.schedule.alpha_bar_prev[j].view(view),
                          eta=self.eta, noise=noise, x_prev=x_prev)
 
 
-FLOW_KINDS = ("ode", "sde", "cps")
+FLOW_KINDS = ("ode", "sde", "cps", "dpm2")
 
 
 class FlowSampler:
-    """A flow-matching sampler over shifted sigmas (1 -> 0): Euler ODE, Flow-SDE or CPS steps.
-    With a window, only steps window_start .. window_start + window_size - 1 are stochastic and
-    the others are ODE steps (Flow-GRPO-Fast trains those steps only). The network is fed sigma."""
+    """A flow-matching sampler over shifted sigmas (1 -> 0): Euler ODE, Flow-SDE, CPS, or the
+    deterministic DPM-Solver++(2M) (dpm2). With a window, only steps window_start ..
+    window_start + window_size - 1 are stochastic and the others are ODE steps (Flow-GRPO-Fast
+    trains those steps only). The network is fed sigma."""
 
     def __init__(self, sigmas: Tensor, kind: str = "sde", noise_level: float = 0.7, window_start: int = 0,
                  window_size: int = 0):
@@ -253,7 +296,7 @@ class FlowSampler:
         if window_start < 0 or size < 1 or window_start + size > T:
             raise ValueError(f"noise window [{window_start}, {window_start + size}) is outside the {T} steps")
         self.sigmas, self.kind, self.noise_level = sigmas.float(), kind, noise_level
-        noisy = kind != "ode" and noise_level > 0
+        noisy = kind in ("sde", "cps") and noise_level > 0
         self.stochastic = torch.zeros(T, dtype=torch.bool)
         self.stochastic[window_start:window_start + size] = noisy
         if kind == "cps":  # CPS's std is sigma' sin(eta pi/2): the step to sigma' = 0 adds no noise
@@ -265,19 +308,31 @@ class FlowSampler:
     def model_time(self, j: Tensor) -> Tensor:
         return self.sigmas[j]
 
+    def step_size(self, j: Tensor) -> Tensor:
+        """dt = sigma_j - sigma_{j+1} > 0 of step j."""
+        return self.sigmas[j] - self.sigmas[j + 1]
+
     def step(self, j: Tensor, x_t: Tensor, v: Tensor, *, noise: Tensor | None = None,
-             x_prev: Tensor | None = None) -> Step:
+             x_prev: Tensor | None = None, previous: tuple[Tensor, Tensor] | None = None) -> Step:
+        """`previous`: the last step's (x_t, velocity), which dpm2 uses from its second step on."""
         j = torch.as_tensor(j)
+        view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
         stochastic = self.stochastic[j]
         if not bool(stochastic.all()):
             if bool(stochastic.any()):
                 raise ValueError("a batch of steps mixes ODE and stochastic steps; score them separately")
             if x_prev is not None:
                 raise ValueError("ODE steps are deterministic; there is no log-prob to score")
-            view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
-            x = flow_ode_step(x_t, v, self.sigmas[j].view(view), self.sigmas[j + 1].view(view))
+            sigma, sigma_next = self.sigmas[j].view(view), self.sigmas[j + 1].view(view)
+            if self.kind == "dpm2" and previous is not None:
+                if j.ndim:
+                    raise ValueError("dpm2 steps depend on the previous step; take them one at a time")
+                sigma_prev = self.sigmas[j - 1]
+                x0_prev = previous[0].float() - sigma_prev * previous[1].float()
+                x = flow_dpm2_step(x_t, v, sigma, sigma_next, sigma_prev=sigma_prev, x0_prev=x0_prev)
+            else:
+                x = flow_ode_step(x_t, v, sigma, sigma_next)
             return Step(x, torch.zeros(x_t.shape[0]), x, torch.zeros(()))
-        view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
         sigma, sigma_next = self.sigmas[j].view(view), self.sigmas[j + 1].view(view)
         if self.kind == "sde":
             return flow_sde_step(x_t, v, sigma, sigma_next, noise_level=self.noise_level, sigma_max=self.sigmas[1],
@@ -311,13 +366,14 @@ def rollout(predict: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sampler: D
     if isinstance(sampler, DDIMSchedule):
         sampler = DDIMSampler(sampler, eta if eta is not None else 0.0)
     x = x_T.float()
-    latents, log_probs = [x], []
+    latents, log_probs, previous = [x], [], None
     for j in range(len(sampler)):
         jt = torch.tensor(j)
         t = sampler.model_time(jt).expand(x.shape[0]).to(x.device)
         out = predict(x, t)
         z = noise().to(x.device) if sampler.stochastic[j] else None  # deterministic steps: log-prob 0
-        step = sampler.step(jt, x, out, noise=z)
+        step = sampler.step(jt, x, out, noise=z, previous=previous)
+        previous = (x, out.detach())
         x = step.x_prev.detach()
         latents.append(x)
         log_probs.append(step.log_prob)

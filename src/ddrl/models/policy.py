@@ -15,6 +15,8 @@ from typing import Iterator, Literal, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ..sampling import DDIMSchedule
+
 
 class ModelError(ValueError):
     """A model could not be found, loaded or used as asked; the message says what is accepted."""
@@ -45,6 +47,9 @@ class Cond:
 
 
 class Policy(Protocol):
+    """What ddrl uses of a model. Epsilon models (Stable Diffusion) provide `schedule` and
+    `alphas_cumprod`; velocity models (SD3, FLUX, shapes-flow) provide `sigmas`."""
+
     prediction: Literal["epsilon", "velocity"]
     """epsilon: `predict` returns the noise and `t` is the DDPM timestep (0..999);
     velocity: `predict` returns x_1 - x_0 and `t` is the flow time sigma in [0, 1]."""
@@ -52,6 +57,11 @@ class Policy(Protocol):
     """the network RL trains (UNet or transformer)"""
     latent_shape: tuple[int, int, int]
     """(C, H, W) of one latent"""
+    pipe: object
+    """the diffusers pipeline the components came from (its class saves LoRA weights)"""
+
+    @property
+    def device(self) -> torch.device: ...
 
     def encode(self, prompts: Sequence[str]) -> Cond: ...
 
@@ -63,6 +73,15 @@ class Policy(Protocol):
     def lora_target_modules(self) -> list[str]: ...
 
     def reference(self) -> contextlib.AbstractContextManager: ...
+
+    def schedule(self, num_steps: int) -> DDIMSchedule:
+        """epsilon models: the DDIM schedule of `num_steps` steps."""
+
+    alphas_cumprod: Tensor
+    """epsilon models: (T_train,) the DDPM cumulative products (RWR noises samples with them)"""
+
+    def sigmas(self, num_steps: int) -> Tensor:
+        """velocity models: the (num_steps + 1,) flow times of the pipeline's scheduler, 1 -> 0."""
 
 
 def decode_latents(vae, latents: Tensor) -> Tensor:

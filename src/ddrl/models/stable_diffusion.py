@@ -25,7 +25,6 @@ class StableDiffusionPolicy:
         self.vae = pipe.vae
         self.prompt_check = prompt_check
         self.alphas_cumprod = pipe.scheduler.alphas_cumprod.float().clone()  # (T_train,)
-        self.final_alpha_cumprod = float(pipe.scheduler.final_alpha_cumprod)
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
         self.steps_offset = int(pipe.scheduler.config.get("steps_offset", 0))
         pred = pipe.scheduler.config.get("prediction_type", "epsilon")
@@ -54,7 +53,7 @@ class StableDiffusionPolicy:
         return eps_from_prediction(out, x_t, ab, self.scheduler_prediction)
 
     def schedule(self, num_steps: int) -> DDIMSchedule:
-        return ddim_schedule(num_steps, self.alphas_cumprod, self.final_alpha_cumprod, self.steps_offset)
+        return ddim_schedule(num_steps, self.alphas_cumprod, self.steps_offset)
 
     def decode(self, latents: Tensor) -> Tensor:
         return decode_latents(self.vae, latents)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..io import atomic_write_text
 from .base import RewardError, RewardOutput, in_batches
 
 CONFIG, WEIGHTS = "reward_model.json", "model.safetensors"
@@ -243,7 +244,7 @@ def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Seque
                **{k: v for k, v in history[-1].items() if k.endswith("_accuracy")}}
     config = {"kind": "bradley-terry-cnn", "text_encoder": text_encoder, "image_size": image_size, "width": width,
               "text_dim": text.dim, "metrics": metrics}
-    (out / CONFIG).write_text(json.dumps(config, indent=2))
+    atomic_write_text(out / CONFIG, json.dumps(config, indent=2))  # written last: its presence marks a complete model
     return metrics
 
 

@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..io import atomic_write_text
+
 
 def saturation(image: Tensor) -> float:
     """Mean HSV saturation, (max - min) / max per pixel, of one (3, H, W) image in [0, 1]."""
@@ -68,9 +70,9 @@ def make_shapes_pairs(out_dir: str | Path, *, images_per_prompt: int = 16, heldo
                     w, l_ = (a, b) if h[a] > h[b] else (b, a)
                     rows.append({"prompt": p, "chosen": names[w], "rejected": names[l_],
                                  "margin": round(abs(h[a] - h[b]), 4)})
-        (out / f"{part}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        atomic_write_text(out / f"{part}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         counts[part] = len(rows)
-    (out / "preference.json").write_text(json.dumps(
+    atomic_write_text(out / "preference.json", json.dumps(
         {"hidden_preference": "verifier correctness + saturation_weight * mean saturation",
          "saturation_weight": saturation_weight, "margin": margin, "images_per_prompt": images_per_prompt,
          "heldout_images_per_prompt": heldout_images_per_prompt,

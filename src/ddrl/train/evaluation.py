@@ -13,6 +13,7 @@ from pathlib import Path
 from ..evaluate import score_images
 from ..generate import generate
 from ..grid import image_grid
+from ..io import atomic_write
 from ..rewards import score
 
 EVAL_SEED = 1_000_000
@@ -77,9 +78,4 @@ def write_grid(tr, name: str) -> None:
 def _save_grid(tr, name: str, images, prompts, rewards, correct) -> Path:
     captions = [f"{p} ({float(r):.2f})" for p, r in zip(prompts, rewards)]
     grid = image_grid(images, captions, correct=correct)
-    path = tr.run_dir / "grids" / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    grid.save(tmp)
-    tmp.replace(path)
-    return path
+    return atomic_write(tr.run_dir / "grids" / f"{name}.png", grid.save)

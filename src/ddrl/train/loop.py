@@ -1,7 +1,10 @@
-"""The training loop shared by DDPO-SF, DDPO-IS, RWR, Flow-GRPO, Pref-GRPO and DiffusionNFT:
+"""The training loop every image algorithm shares (ddrl.algorithms):
 
     sample (rollout, rewards scored in a thread as batches finish) -> gather rewards across
-    processes -> advantages (or RWR weights) -> algorithm update -> metrics, grids, checkpoint
+    processes -> algorithm.signal (advantages, weights, win rates) -> algorithm.update ->
+    optimizer, EMA -> metrics, grids, checkpoint
+
+The loop never asks which algorithm runs; it hands it a typed `Context` of what it shares.
 
 Every random draw is derived from (seed, epoch, purpose, global sample index), so a run gives
 the same samples whatever its batch sizes or number of processes, and a resumed run continues
@@ -13,10 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +27,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..advantages import batch_advantages, group_advantages, judged_win_rates, per_prompt_advantages
-from ..config import Config, dump_yaml
+from ..algorithms import Context, EpochRewards, Rollouts
+from ..config import Config, algorithm_class, dump_yaml
+from ..ema import ema_step_
+from ..io import atomic_write_text
 from ..models.policy import ModelError, guided_prediction
 from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
-from ..rewards.pairwise import as_pairwise
 from ..sampling import DDIMSampler, FlowSampler, rollout
-from .algorithms import UPDATES
 from .checkpoint import list_checkpoints
 from .evaluation import evaluate, write_grid
 from .metrics import MetricsLog
@@ -39,18 +42,6 @@ from .report import finish_run
 from .state import load_trainer, save_trainer
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
-
-
-@dataclass
-class Rollouts:
-    """One epoch's samples on this process, in global-index order."""
-
-    latents: Tensor  # (n, T+1, C, H, W)
-    log_probs: Tensor  # (n, T) as sampled, detached
-    prompt_ids: Tensor  # (n,) index into the training prompts
-    global_idx: Tensor  # (n,)
-    win_rates: Tensor | None = None  # (n,) Pref-GRPO with a pairwise judge: win rates within each group
-    graph_log_probs: list[Tensor] = field(default_factory=list)  # single-pass only: (b, T) with graph
 
 
 class Trainer:
@@ -62,7 +53,6 @@ class Trainer:
                                                           cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
         self.reward = get_reward(cfg.reward.name)
-        self.judge = as_pairwise(get_reward(cfg.reward.pairwise)) if cfg.reward.pairwise else None
         train_records, eval_records = load_prompt_records(cfg.prompts.source), load_prompt_records(cfg.prompts.eval_source)
         self.train_prompts, self.eval_prompts = [p for p, _ in train_records], [p for p, _ in eval_records]
         self.prompt_metadata = {p: m for p, m in eval_records + train_records}  # what a routed reward reads
@@ -78,39 +68,37 @@ class Trainer:
         from ..models.loading import load_policy
 
         self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
-        flow_model = self.policy.prediction == "velocity"
-        if flow_model and cfg.sample.sampler == "ddim":
-            raise ModelError(f"{cfg.model.name!r} is a flow-matching (velocity) model; {cfg.train.algorithm} trains "
-                             "DDIM diffusion models. Use train.algorithm flow-grpo, pref-grpo or nft with "
-                             "sample.sampler flow-sde, flow-cps or flow-ode")
-        if not flow_model and cfg.sample.sampler != "ddim":
-            raise ModelError(f"{cfg.model.name!r} is a diffusion model (it predicts {self.policy.prediction}); "
-                             f"sample.sampler {cfg.sample.sampler} and train.algorithm {cfg.train.algorithm} need a "
-                             "flow-matching (velocity) model such as shapes-flow, SD3 or FLUX")
+        algorithm = algorithm_class(cfg.train.algorithm)
+        if self.policy.prediction != algorithm.prediction:
+            kinds = {"epsilon": "a diffusion (epsilon) model such as shapes-sd or Stable Diffusion",
+                     "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
+            raise ModelError(f"{cfg.model.name!r} is {kinds[self.policy.prediction]}; train.algorithm "
+                             f"{cfg.train.algorithm} trains {kinds[algorithm.prediction]}")
         self.sampler = self.make_sampler(cfg.sample.num_steps)
         with torch.no_grad():  # validates every prompt against the model before any work
             self.cond_table = self.policy.encode(self.train_prompts)
             self.uncond = self.policy.encode([""])
         self.params = self._make_trainable()
-        # DiffusionNFT's old (sampling) policy: its own copy of the trained weights, moved toward
-        # them by an EMA after each epoch
-        self.nft_old = ({k: v.clone() for k, v in self.trainable_state().items()}
-                        if cfg.train.algorithm == "nft" else None)
-        # an EMA of the trained weights, for evaluation and export (Flow-GRPO's option)
+        # an EMA of the trained weights, for evaluation and export (flow_grpo's and DiffusionNFT's option)
         self.ema = {k: v.clone() for k, v in self.trainable_state().items()} if cfg.train.ema_decay > 0 else None
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.train.weight_decay,
                                            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
-        self.prompt_buffers: dict[str, list[float]] = {}
         self.epoch = 0
+        self.optimizer_steps = 0
         self._stop = False
+        self.algorithm = algorithm(Context(
+            cfg=cfg, policy=self.policy, sampler=self.sampler, cond_table=self.cond_table, uncond=self.uncond,
+            autocast=self.accelerator.autocast, reference=self.reference, optimizer_step=lambda: self.optimizer_step(),
+            optimizer_steps=lambda: self.optimizer_steps, generator=self.generator, gather=self.gather,
+            trainable_state=self.trainable_state, swapped=self._swapped))
 
     # ------------------------------------------------------------------ setup
     def make_sampler(self, num_steps: int):
         s = self.cfg.sample
         if s.sampler == "ddim":
             return DDIMSampler(self.policy.schedule(num_steps), s.eta)
-        return FlowSampler(self.policy.sigmas(num_steps), s.sampler.removeprefix("flow-"), s.noise_level, s.noise_window_start,
-                           s.noise_window_size)
+        return FlowSampler(self.policy.sigmas(num_steps), s.sampler.removeprefix("flow-"), s.noise_level,
+                           s.noise_window_start, s.noise_window_size)
 
     @contextlib.contextmanager
     def _swapped(self, weights: dict[str, Tensor] | None):
@@ -129,10 +117,6 @@ class Trainer:
             with torch.no_grad():
                 for k, v in current.items():
                     params[k].copy_(v)
-
-    def old_policy(self):
-        """DiffusionNFT's old (sampling) policy."""
-        return self._swapped(self.nft_old)
 
     def eval_weights(self):
         """The weights that are evaluated and exported: the EMA when there is one."""
@@ -194,11 +178,11 @@ class Trainer:
             epoch, int(i) // k, purpose="prompt"))) for i in global_idx])
 
     def collect(self, epoch: int, pool: ThreadPoolExecutor, bar) -> tuple[Rollouts, list[Future]]:
-        cfg, policy = self.cfg, self.policy
+        cfg, policy, algorithm = self.cfg, self.policy, self.algorithm
         gidx = self.local_indices()
         pids = self.prompt_ids(epoch, gidx)
-        single_pass = cfg.single_pass
-        latents, log_probs, graphs, futures, kept = [], [], [], [], []
+        with_graph = algorithm.keeps_sampling_graph(cfg)
+        latents, log_probs, graphs, futures = [], [], [], []
         for start in range(0, len(gidx), cfg.sample.batch_size):
             sl = slice(start, start + cfg.sample.batch_size)
             gens = [self.generator(epoch, int(i), purpose="noise") for i in gidx[sl]]
@@ -209,10 +193,9 @@ class Trainer:
             cond = self.cond_table[pids[sl]]
             uncond = self.uncond.repeat(len(cond))
             x_T = noise().to(self.accelerator.device)
-            with torch.set_grad_enabled(single_pass), self.accelerator.autocast():
-                with self.old_policy():
-                    traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
-                                   x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
+            with torch.set_grad_enabled(with_graph), self.accelerator.autocast(), algorithm.sampling_weights():
+                traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
+                               x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
             with torch.no_grad():
                 images = policy.decode(traj.final).cpu()
             prompts = [self.train_prompts[i] for i in pids[sl]]
@@ -223,17 +206,19 @@ class Trainer:
                 f: Future = Future()
                 f.set_result(score(self.reward, images, prompts, meta))
                 futures.append(f)
-            if self.judge is not None:
-                kept.append((images, prompts))
-            latents.append(traj.latents.cpu() if not single_pass else traj.latents)
+            algorithm.observe(images, prompts, gidx[sl])
+            latents.append(traj.latents if with_graph else traj.latents.cpu())
             log_probs.append(traj.log_probs.detach())
-            if single_pass:
+            if with_graph:
                 graphs.append(traj.log_probs)
-        win = None
-        if self.judge is not None:  # each group lies on this process (config validation)
-            win = judged_win_rates(self.judge.compare, torch.cat([im for im, _ in kept]),
-                                   [p for _, ps in kept for p in ps], gidx // cfg.sample.images_per_prompt)
-        return Rollouts(torch.cat(latents), torch.cat(log_probs), pids, gidx, win, graphs), futures
+        return Rollouts(torch.cat(latents), torch.cat(log_probs), pids, gidx, graphs), futures
+
+    def gather(self, local: Tensor) -> Tensor:
+        """Per-sample values of this process's samples (in `local_indices` order) -> those of every
+        process, ordered by global index, on the CPU."""
+        acc = self.accelerator
+        g_idx = acc.gather(self.local_indices().to(acc.device)).cpu()
+        return acc.gather(local.to(acc.device)).cpu()[torch.argsort(g_idx)]
 
     # ------------------------------------------------------------------ one epoch
     def optimizer_step(self) -> float:
@@ -245,14 +230,13 @@ class Trainer:
             for p in self.params:
                 p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.train.max_grad_norm)
+        t = self.cfg.train
+        norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer_steps += 1
         if self.ema is not None:
-            d = self.cfg.train.ema_decay
-            with torch.no_grad():
-                for k, v in self.trainable_state().items():
-                    self.ema[k].mul_(d).add_(v, alpha=1 - d)
+            ema_step_(self.ema, self.trainable_state(), self.optimizer_steps, t.ema_decay, t.ema_update_interval)
         return float(norm)
 
     def run_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> dict[str, float]:
@@ -265,45 +249,19 @@ class Trainer:
         results = [f.result() for f in futures]
         rewards = torch.cat([r[0] for r in results])
         t2 = time.perf_counter()
-        # Gather (index, prompt, reward) from all processes and order by global index, so every
-        # process computes the same advantages and buffers in the same order as one process would.
-        g_idx = acc.gather(ro.global_idx.to(acc.device)).cpu()
-        order = torch.argsort(g_idx)
-        g_rewards = acc.gather(rewards.to(acc.device)).cpu()[order]
-        g_pids = acc.gather(ro.prompt_ids.to(acc.device)).cpu()[order]
+        # every process sees all rewards in global order, so signals and buffers agree everywhere
+        g_rewards, g_pids = self.gather(rewards), self.gather(ro.prompt_ids)
         metrics = self._reward_metrics(g_rewards, g_pids, results)
-        signal_fn, update = UPDATES[cfg.train.algorithm]
-        judged = {} if ro.win_rates is None else {"judged": acc.gather(ro.win_rates.to(acc.device)).cpu()[order]}
-        per_sample = signal_fn(self, g_rewards, g_pids, metrics, **judged)[ro.global_idx]  # this process's samples
+        batch = EpochRewards(g_rewards, g_pids, [self.train_prompts[i] for i in g_pids],
+                             torch.arange(len(g_rewards)) // cfg.sample.images_per_prompt)
+        per_sample = self.algorithm.signal(batch, metrics)[ro.global_idx]  # this process's samples
         ro.latents = ro.latents.to(acc.device)
-        metrics |= update(self, ro, per_sample.to(acc.device), epoch)
+        metrics |= self.algorithm.update(ro, per_sample.to(acc.device), epoch)
         t3 = time.perf_counter()
         n_global = len(g_rewards)
         metrics |= {"perf/sample_s": t1 - t0, "perf/reward_s": t2 - t1, "perf/train_s": t3 - t2,
                     "perf/epoch_s": t3 - t0, "perf/samples_per_s": n_global / (t3 - t0)}
         return metrics
-
-    def _advantages(self, rewards: Tensor, pids: Tensor, metrics: dict) -> Tensor:
-        t = self.cfg.train
-        if t.advantages == "batch":
-            return batch_advantages(rewards)
-        if t.advantages == "group":  # samples i with equal i // images_per_prompt share a prompt
-            groups = self.groups(len(rewards))
-            adv = group_advantages(rewards, groups, global_std=t.global_std)
-            spread = [bool((rewards[groups == g] != rewards[groups == g][0]).any()) for g in groups.unique()]
-            metrics["prompts/zero_std_ratio"] = 1 - sum(spread) / len(spread)
-            return adv
-        prompts = [self.train_prompts[i] for i in pids]
-        adv, self.prompt_buffers = per_prompt_advantages(prompts, rewards, self.prompt_buffers,
-                                                         buffer_size=t.buffer_size, min_count=t.min_count)
-        unique = set(prompts)
-        metrics["prompts/unique"] = len(unique)
-        metrics["prompts/tracked_fraction"] = sum(len(self.prompt_buffers[p]) >= t.min_count for p in unique) / len(unique)
-        return adv
-
-    def groups(self, n: int) -> Tensor:
-        """GRPO group of each of the epoch's n gathered samples (ordered by global index)."""
-        return torch.arange(n) // self.cfg.sample.images_per_prompt
 
     def _reward_metrics(self, rewards: Tensor, pids: Tensor, results) -> dict[str, float]:
         name = self.cfg.reward.name
@@ -340,7 +298,7 @@ class Trainer:
             self.load(ckpts[-1])
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
         log = MetricsLog(run_dir, self.epoch, tensorboard=self.is_main) if self.is_main else None
         before = self._evaluate_once("before")
         try:
@@ -392,8 +350,6 @@ class Trainer:
     def _evaluate_once(self, tag: str) -> dict:
         """Held-out and training-prompt evaluation with fixed seeds, cached in the run folder so
         a resumed run does not repeat it."""
-        import json
-
         path = self.run_dir / f"eval_{tag}.json"
         # Every process looks before the main one can write, so all take the same branch (a
         # process that saw the file and skipped the barrier below would deadlock the others).
@@ -406,7 +362,7 @@ class Trainer:
         if self.is_main:
             with self.eval_weights():
                 result = evaluate(self, tag)
-            path.write_text(json.dumps(result, indent=1))
+            atomic_write_text(path, json.dumps(result, indent=1))
         self.accelerator.wait_for_everyone()
         return result if self.is_main else json.loads(path.read_text())
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from ..io import atomic_write, atomic_write_text
 
 
 class MetricsLog:
@@ -17,9 +18,7 @@ class MetricsLog:
     def __init__(self, run_dir: Path, start_epoch: int, tensorboard: bool = True):
         self.path = run_dir / "metrics.jsonl"
         self.rows = [r for r in read_metrics(self.path) if r["epoch"] < start_epoch]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows))
-        os.replace(tmp, self.path)
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.tb = None
         if tensorboard:
             try:
@@ -77,7 +76,5 @@ def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dic
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp)
+    atomic_write(path, fig.savefig)
     plt.close(fig)
-    os.replace(tmp, path)

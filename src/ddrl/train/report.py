@@ -7,6 +7,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from ..io import atomic_write_text
 from .export import save_lora
 from .metrics import plot_reward_curve
 
@@ -44,7 +45,7 @@ def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: li
     md += ["", "## Reward during training", "", "![reward curve](reward_curve.png)", "",
            "## Held-out samples, fixed seeds", "", "Before:", "", "![before](grids/before.png)", "",
            "After:", "", "![after](grids/after.png)", ""]
-    (run_dir / "report.md").write_text("\n".join(md))
+    atomic_write_text(run_dir / "report.md", "\n".join(md))
     table = "".join(f"<tr>{''.join(f'<td>{html.escape(c)}</td>' for c in r)}</tr>" for r in rows)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -54,7 +55,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:10
 <h2>Reward during training</h2><img src="reward_curve.png">
 <h2>Held-out samples, fixed seeds</h2><p>Before</p><img src="grids/before.png"><p>After</p><img src="grids/after.png">
 </body></html>"""
-    (run_dir / "report.html").write_text(page)
+    atomic_write_text(run_dir / "report.html", page)
     return run_dir / "report.md"
 
 

@@ -1,6 +1,7 @@
-"""What a checkpoint holds of a Trainer: the trained weights, the optimizer, the per-prompt reward
-buffers and the epoch (checkpoint.py writes them atomically), plus the exported LoRA and, when the
-run has them, DiffusionNFT's old policy and the EMA of the trained weights."""
+"""What a checkpoint holds of a Trainer: the trained weights, the optimizer, the epoch and the
+optimizer-step count (checkpoint.py writes them atomically), the EMA of the trained weights when
+the run keeps one, the exported LoRA, and the algorithm's own state (its `state_dict`: tensors in
+algorithm.safetensors, values in state.json)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,10 @@ from .checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from .export import save_lora
 
 
+def _save_tensors(tensors: dict, name: str):
+    return lambda d: save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(d / name))
+
+
 def save_trainer(tr, epoch: int) -> None:
     if tr.is_main:
         extra = {}
@@ -21,17 +26,22 @@ def save_trainer(tr, epoch: int) -> None:
                 with tr.eval_weights():
                     save_lora(tr.policy, d)
             extra["lora"] = lora
-        for name, weights in (("nft_old", tr.nft_old), ("ema", tr.ema)):
-            if weights is not None:
-                extra[name] = lambda d, name=name, weights=weights: save_file(
-                    {k: v.contiguous().cpu() for k, v in weights.items()}, str(d / f"{name}.safetensors"))
+        if tr.ema is not None:
+            extra["ema"] = _save_tensors(tr.ema, "ema.safetensors")
+        tensors, values = tr.algorithm.state_dict()
+        if tensors:
+            extra["algorithm"] = _save_tensors(tensors, "algorithm.safetensors")
         save_checkpoint(tr.run_dir / "checkpoints", epoch, tr.trainable_state(), tr.optimizer,
-                        {"prompt_buffers": tr.prompt_buffers}, extra, keep=tr.cfg.run.keep_checkpoints)
+                        {"optimizer_steps": tr.optimizer_steps, "algorithm": values}, extra,
+                        keep=tr.cfg.run.keep_checkpoints)
     tr.accelerator.wait_for_everyone()
 
 
 def load_trainer(tr, path: Path) -> None:
     weights, opt_tensors, groups, state = load_checkpoint(path)
+    if "algorithm" not in state:
+        raise ValueError(f"checkpoint {path} was written by an older ddrl (no algorithm state); "
+                         "start a new run, or resume it with the ddrl that wrote it")
     params = dict(tr.policy.denoiser.named_parameters())
     missing = [k for k in weights if k not in params]
     if missing or len(weights) != len(tr.params):
@@ -42,9 +52,9 @@ def load_trainer(tr, path: Path) -> None:
             params[k].copy_(v)
     device = tr.accelerator.device
     load_optimizer(tr.optimizer, {k: v.to(device) for k, v in opt_tensors.items()}, groups)
-    tr.prompt_buffers = state["prompt_buffers"]
-    tr.epoch = state["epoch"]
-    if tr.nft_old is not None:
-        tr.nft_old = {k: v.to(device) for k, v in load_file(str(path / "nft_old.safetensors")).items()}
+    tr.epoch, tr.optimizer_steps = state["epoch"], state["optimizer_steps"]
     if tr.ema is not None:
         tr.ema = {k: v.to(device) for k, v in load_file(str(path / "ema.safetensors")).items()}
+    algo_file = path / "algorithm.safetensors"
+    tensors = load_file(str(algo_file)) if algo_file.exists() else {}
+    tr.algorithm.load_state_dict(tensors, state["algorithm"])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..worlds.shapes import vocabulary
+from ddrl.worlds.shapes import vocabulary
 
 
 def tiny_clip(path: Path) -> Path:
@@ -16,7 +16,7 @@ def tiny_clip(path: Path) -> Path:
     processor (resize 32, centre-crop 32), saved as a folder as a hub repo would be."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from ..pretrain import components as C
+    from ddrl.pretrain import components as C
 
     tok = C.make_clip_tokenizer()
     cfg = CLIPConfig(
