@@ -362,7 +362,8 @@ def rollout(predict: Callable[[Tensor, Tensor], Tensor], x_T: Tensor, sampler: D
     batch, with guidance, if any, applied by the caller; `noise()` returns the step noise z,
     shaped like x_t, from the caller's generators. Under torch.no_grad the log-probs are plain
     numbers; with grad enabled each log-prob keeps its graph to the network (x_t itself is
-    always detached: the MDP's state is not a function of the parameters being differentiated)."""
+    always detached: the MDP's state is not a function of the parameters being differentiated).
+    Each step also gets the previous step's (x_t, output), which multistep solvers (dpm2) use."""
     if isinstance(sampler, DDIMSchedule):
         sampler = DDIMSampler(sampler, eta if eta is not None else 0.0)
     x = x_T.float()
