@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ddrl.algorithms.nft import old_policy_decay
-from ddrl.config import Config, ConfigError, algorithm_class, apply_overrides, validate
+from ddrl.config import Config, ConfigError, apply_overrides
+from ddrl.config_checks import algorithm_class, validate
 from ddrl.models.policy import ModelError
 from ddrl.train.loop import Trainer
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from ddrl.algorithms.ddpo import DDPO
-from ddrl.config import Config, ConfigError, apply_overrides, validate
+from ddrl.config import Config, ConfigError, apply_overrides
+from ddrl.config_checks import validate
 from ddrl.rewards import REWARDS, RewardError, RewardOutput, RewardSpec
 from ddrl.train import train
 from ddrl.train.loop import Trainer

@@ -209,7 +209,7 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     import os as _os
 
     procs = int(_os.environ.get("WORLD_SIZE", "1"))
-    from .config import algorithm_class
+    from .config_checks import algorithm_class
 
     s, t = cfg.sample, cfg.train
     algorithm = algorithm_class(t.algorithm)
@@ -225,7 +225,8 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
 
 
 def cmd_train(args) -> None:
-    from .config import apply_overrides, validate
+    from .config import apply_overrides
+    from .config_checks import validate
     from .train import train
 
     overrides = _parse_overrides(args.overrides)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config, validate
+from ..config import Config
+from ..config_checks import validate
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False) -> dict:

@@ -28,7 +28,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..algorithms import Context, EpochRewards, Rollouts
-from ..config import Config, algorithm_class, dump_yaml
+from ..config import Config, dump_yaml
+from ..config_checks import algorithm_class
 from ..ema import ema_step_
 from ..io import atomic_write_text
 from ..models.policy import ModelError, guided_prediction
