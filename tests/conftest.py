@@ -98,3 +98,25 @@ def tiny_flux_folder(tmp_path_factory):
     pipe.save_pretrained(path)
     (path / "ddrl.json").write_text('{"resolution": 48, "max_sequence_length": 16}')
     return path
+
+
+@pytest.fixture
+def epoch_gradient():
+    """run(trainer) -> (the gradient its epoch's one optimizer step would apply, the epoch's
+    metrics): the step is replaced by a capture, so the weights do not move."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(tr):
+        grads = []
+
+        def capture():
+            grads.append([p.grad.clone() for p in tr.params])
+            tr.optimizer.zero_grad()
+            return 0.0
+
+        tr.optimizer_step = capture
+        metrics = tr.run_epoch(0, ThreadPoolExecutor(1))
+        assert len(grads) == 1, "expected one optimizer step per epoch"
+        return grads[0], metrics
+
+    return run

@@ -39,22 +39,14 @@ def test_first_minibatch_rescoring_is_exactly_on_policy(tiny_sd_folder, tmp_path
     assert m["train/clipfrac"] > 0  # the second minibatch is off-policy after the first step
 
 
-def test_single_pass_update_equals_the_recompute_update(tiny_sd_folder, tmp_path):
+def test_single_pass_update_equals_the_recompute_update(tiny_sd_folder, tmp_path, epoch_gradient):
     """With one optimizer step per epoch the update is on-policy, and keeping the sampling graph
     must give the gradient of re-scoring every step (equal up to float reassociation)."""
     grads = {}
     for single in (True, False):
         cfg = tiny_config(tiny_sd_folder, **{"train.single_pass": single, "reward.name": "jpeg-incompressibility"})
         assert DDPO.keeps_sampling_graph(cfg) == single
-        tr = Trainer(cfg, tmp_path / str(single))
-
-        def capture(tr=tr, single=single):
-            grads[single] = [p.grad.clone() for p in tr.params]
-            tr.optimizer.zero_grad()
-            return 0.0
-
-        tr.optimizer_step = capture
-        tr.run_epoch(0, ThreadPoolExecutor(1))
+        grads[single], _ = epoch_gradient(Trainer(cfg, tmp_path / str(single)))
     scale = max(float(g.abs().max()) for g in grads[False])
     assert scale > 0
     for a, b in zip(grads[True], grads[False]):  # fp32 sums in another order: ~1e-7 relative noise
@@ -123,6 +115,20 @@ def test_lora_loads_into_the_diffusers_pipeline_and_reproduces_the_trained_unet(
         base = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None).unet(x, t, emb).sample
     torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-6)
     assert not torch.allclose(base, ours, atol=1e-6)  # the LoRA changed the model
+
+
+def test_several_steps_per_forward_give_the_same_update(tiny_sd_folder, tmp_path, epoch_gradient):
+    """train.timesteps_per_forward batches trained steps into one network call: the loss terms
+    and their 1/(rows x steps) scale are the same, so the gradient is (up to float reassociation)."""
+    grads = {}
+    for k in (1, 2):
+        cfg = tiny_config(tiny_sd_folder, **{"train.single_pass": False, "train.timesteps_per_forward": k,
+                                             "reward.name": "jpeg-incompressibility"})
+        grads[k], _ = epoch_gradient(Trainer(cfg, tmp_path / str(k)))
+    scale = max(float(g.abs().max()) for g in grads[1])
+    assert scale > 0
+    for a, b in zip(grads[1], grads[2]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_ctrl_c_checkpoints_and_resume_reproduces_the_uninterrupted_run(uninterrupted, tiny_sd_folder, tmp_path,
