@@ -26,10 +26,10 @@ def test_console_script_runs():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "--steps", "-3"], "expected a positive integer, got -3"),
-    (["sample", "--steps", "ten"], "expected a positive integer"),
-    (["sample", "--eta", "1.5"], "expected a number in [0, 1]"),
-    (["sample", "--guidance", "-1"], "expected a number >= 0"),
+    (["sample", "--steps", "-3"], "must be in [1, inf), got -3"),
+    (["sample", "--steps", "ten"], "expected an integer, got 'ten'"),
+    (["sample", "--eta", "1.5"], "must be in [0, 1], got 1.5"),
+    (["sample", "--guidance", "-1"], "must be 0 or 1 (no guidance) or greater than 1, got -1"),
     (["pretrain", "nonsense"], "invalid choice"),
 ])
 def test_bad_arguments_are_rejected_by_the_parser(argv, message, capsys):

@@ -73,7 +73,7 @@ def test_a_colour_taste_is_learned_and_recovered_on_held_out_prompts(tmp_path):
 
 def test_bad_pair_files_are_clear_errors(tmp_path):
     (tmp_path / "p.jsonl").write_text('{"prompt": "a circle", "chosen": "x.png"}\n')
-    with pytest.raises(RewardError, match="p.jsonl:1: expected a JSON object with prompt, chosen, rejected"):
+    with pytest.raises(RewardError, match="p.jsonl:1: rejected must be non-empty text, got None"):
         train_reward_model(tmp_path / "p.jsonl", tmp_path / "out", progress=False)
     (tmp_path / "q.jsonl").write_text('{"prompt": "a circle", "chosen": "x.png", "rejected": "y.png"}\n')
     with pytest.raises(RewardError, match="q.jsonl:1: no image at"):

@@ -170,7 +170,7 @@ def test_resuming_with_another_config_is_refused(uninterrupted, capsys):
     _, run, _ = uninterrupted
     assert main(["train", "--resume", str(run), "--train.learning-rate", "0.5"]) == 2
     err = capsys.readouterr().err
-    assert "was started with another config: train.learning_rate: None in the run, 0.5 given" in err
+    assert "resuming with another config: train.learning_rate: None in the run, 0.5 given" in err
     assert main(["train", "--resume", str(run / "nothing")]) == 2
     assert "not a ddrl run folder" in capsys.readouterr().err
 
@@ -189,7 +189,8 @@ def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_sd_folder, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / "report.md").exists()
-    out = subprocess.run(args[:4] + ["--resume", str(run), "--run.epochs", "4"], capture_output=True, text=True)
+    out = subprocess.run(args[:4] + ["--resume", str(run), "--run.epochs", "4", "--resume-override"],
+                         capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert [r["epoch"] for r in _rows(run)] == [0, 1, 2, 3]
     assert (run / "report.md").is_file()

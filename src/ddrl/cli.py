@@ -10,8 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_args import non_negative_float, positive_int, unit_float
-from .io import atomic_write
+from .bounds import GUIDANCE_RULE
+from .cli_args import guidance_float, non_negative_float, positive_int, seed_int, unit_float
+from .io import atomic_write, check_writable_dir, check_writable_file, read_text
 from .models.loading import BUILTIN
 
 SPLITS = ("train", "heldout", "all")
@@ -21,11 +22,11 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="shapes-sd",
                    help=f"built-in model {sorted(BUILTIN)}, a diffusers folder or a hub id (default: shapes-sd)")
     p.add_argument("--steps", type=positive_int, default=20, help="sampling steps (default: 20)")
-    p.add_argument("--guidance", type=non_negative_float, default=5.0,
-                   help="classifier-free guidance scale; 1 disables guidance (default: 5.0)")
+    p.add_argument("--guidance", type=guidance_float, default=5.0,
+                   help=f"classifier-free guidance scale: {GUIDANCE_RULE} (default: 5.0)")
     p.add_argument("--eta", type=unit_float, default=0.0,
                    help="DDIM stochasticity for epsilon models, in [0, 1] (default: 0, deterministic)")
-    p.add_argument("--seed", type=int, default=0, help="base seed; image i uses seed + i (default: 0)")
+    p.add_argument("--seed", type=seed_int, default=0, help="base seed; image i uses seed + i (default: 0)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per forward pass (default: 64)")
 
 
@@ -39,7 +40,7 @@ def _read_prompts(args) -> list[str]:
         path = Path(args.prompt_file)
         if not path.is_file():
             raise ValueError(f"prompt file {path} does not exist")
-        prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        prompts = [line.strip() for line in read_text(path, "prompt file").splitlines() if line.strip()]
         if not prompts:
             raise ValueError(f"prompt file {path} is empty; expected one prompt per line")
     else:
@@ -70,14 +71,18 @@ def cmd_sample(args) -> None:
     from .generate import generate
     from .grid import image_grid
     from .models import load_policy
+    from .models.prompt_length import check_prompt_lengths
 
     prompts = _read_prompts(args)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise ValueError(f"--out must be a .png path, got {out}")
+    check_writable_file(out, "--out")
+    check_writable_file(out.with_suffix(".json"), "the scores file of --out")
     all_prompts = [p for p in prompts for _ in range(args.per_prompt)]
     seeds = [args.seed + i for i in range(len(all_prompts))]
     policy = load_policy(args.model)
+    check_prompt_lengths(policy, prompts, "--prompt-file" if args.prompt_file else "--prompt")
     t0 = time.time()
     images = generate(policy, all_prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance,
                       eta=args.eta, batch_size=args.batch_size)
@@ -102,6 +107,8 @@ def cmd_evaluate(args) -> None:
     from .models import load_policy
     from .worlds.shapes import split
 
+    if args.json:
+        check_writable_file(args.json, "--json")
     prompts = [p for p in split(args.split) for _ in range(args.per_prompt)]
     seeds = [args.seed + i for i in range(len(prompts))]
     policy = load_policy(args.model)
@@ -127,7 +134,9 @@ PRETRAIN_DEFAULTS = {
 def cmd_pretrain(args) -> None:
     from .pretrain.train import PretrainConfig, export_checkpoint, pretrain
 
-    work = Path(args.work_dir)
+    work = check_writable_dir(args.work_dir, "--work-dir")
+    if args.out:
+        check_writable_dir(args.out, "--out")
     models = ("vae", "shapes-sd", "shapes-flow") if args.model == "all" else (args.model,)
     if args.export_only:
         if args.model == "vae":
@@ -183,25 +192,18 @@ def _config_from_args(args, overrides: dict[str, str]):
 
 
 def _resume_config(args, overrides: dict[str, str]):
-    """The saved config of a run folder; a preset/config/overrides given too must agree with it
-    (only run.epochs may change, to extend a run)."""
+    """The run folder's verified config with the overrides applied (or the preset/config given
+    again); train() then refuses changes a resumed run cannot take (ddrl.train.resume)."""
     import dataclasses
 
-    from .config import Config, apply_overrides, flatten, load_yaml
+    from .config import apply_overrides
+    from .train.resume import check_resume, read_run_config
 
     run_dir = Path(args.resume)
-    if not (run_dir / "config.yaml").is_file():
-        raise ValueError(f"--resume {run_dir}: not a ddrl run folder (no config.yaml)")
-    saved = apply_overrides(Config(), load_yaml(run_dir / "config.yaml"))
-    if args.preset:
-        given, _ = _config_from_args(args, overrides)
-        given = dataclasses.replace(given, run=dataclasses.replace(given.run, output_dir=saved.run.output_dir))
-    else:
-        given = apply_overrides(saved, overrides)
-    a, b = flatten(saved.to_dict()), flatten(given.to_dict())
-    diff = [f"{k}: {a[k]!r} in the run, {b[k]!r} given" for k in a if a[k] != b[k] and k != "run.epochs"]
-    if diff:
-        raise ValueError(f"--resume {run_dir} was started with another config: " + "; ".join(diff[:4]))
+    saved = read_run_config(run_dir, allow_edited=args.resume_override)
+    given = _config_from_args(args, overrides)[0] if args.preset else apply_overrides(saved, overrides)
+    given = dataclasses.replace(given, run=dataclasses.replace(given.run, output_dir=str(run_dir)))
+    check_resume(saved, given, args.resume_override)  # refused here, before anything is printed
     return given, run_dir
 
 
@@ -224,12 +226,14 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     print(f"  run folder: {run_dir}")
 
 
-def cmd_train(args) -> None:
+def cmd_train(args) -> int:
     from .config import apply_overrides
     from .config_checks import validate
     from .train import train
 
     overrides = _parse_overrides(args.overrides)
+    if args.resume_override and not args.resume:
+        raise ValueError("--resume-override goes with --resume RUN_DIR")
     if args.resume:
         cfg, run_dir = _resume_config(args, overrides)
         name = run_dir.name
@@ -242,7 +246,9 @@ def cmd_train(args) -> None:
         cfg = apply_overrides(cfg, {"run.output_dir": str(run_dir)})
     validate(cfg)
     _print_sizes(cfg, name, run_dir)
-    train(cfg, run_dir, resume=bool(args.resume))
+    if not train(cfg, run_dir, resume=bool(args.resume), resume_override=args.resume_override):
+        return 130  # stopped by Ctrl-C after saving: scripts can tell the run did not finish
+    return 0
 
 
 def cmd_presets(args) -> None:
@@ -292,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop the stage after this much training time in all (default: no limit)")
     p.add_argument("--export-only", action="store_true",
                    help="export, evaluate and card the latest checkpoint without training")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_pretrain)
 
@@ -303,7 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "laptop CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
                        "`ddrl presets` lists the presets.")
     p.add_argument("preset", nargs="?", help="a preset name or a config.yaml (default: shapes-alignment)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint "
+                   "(with more --run.epochs, or another checkpoint or grid cadence)")
+    p.add_argument("--resume-override", action="store_true",
+                   help="let --resume change any setting, or take a config.yaml edited by hand")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("presets", help="list the training presets")
@@ -348,11 +357,33 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     quiet_libraries()
     try:
-        args.func(args)
-    except (ValueError, FileNotFoundError) as e:  # ModelError and RewardError are ValueErrors
+        return args.func(args) or 0
+    except ValueError as e:  # ConfigError, ModelError, RewardError, NonFiniteError are ValueErrors
         print(f"ddrl {args.command}: error: {e}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as e:
+        print(f"ddrl {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # a second Ctrl-C; the last checkpoint of a training run is intact
+        print(f"ddrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for a file-system error: what failed, on which path, and what to do."""
+    import errno
+
+    fixes = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space (quota exceeded)",
+             errno.EACCES: "check the permissions of the path or choose another",
+             errno.EPERM: "check the permissions of the path or choose another",
+             errno.EROFS: "the file system is read-only: choose a writable path",
+             errno.ENOENT: "check that the path exists", errno.EISDIR: "give a file path, not a folder",
+             errno.ENOTDIR: "a parent of the path is a file, not a folder", errno.EFBIG: "the file is too large"}
+    if e.strerror is None:  # raised with a message of its own (e.g. CheckpointWriteError)
+        return str(e)
+    where = f" ({e.filename})" if e.filename else ""
+    fix = fixes.get(e.errno)
+    return f"{e.strerror}{where}" + (f": {fix}" if fix else "")
 
 
 if __name__ == "__main__":

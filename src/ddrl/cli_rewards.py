@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import non_negative_float, positive_int
+from .cli_args import non_negative_float, port_int, positive_float, positive_int, seed_int
 
 
 def cmd_rewards(args) -> None:
@@ -23,14 +23,22 @@ def cmd_reward_server(args) -> None:
     import os
 
     from .rewards import get_reward
-    from .rewards.server import RewardServer, is_loopback
+    from .rewards.server import RewardServer, bind_problem, is_loopback
 
     token = os.environ.get(args.token_env) or None
+    try:  # bind before loading the reward (which can take minutes), so a bad host or port fails at once
+        server = RewardServer(None, args.host, args.port, token, max_bytes=args.max_mb << 20,
+                              max_batch=args.max_batch, max_pixels=args.max_megapixels << 20)
+    except OSError as e:  # checked when the socket is bound, before any request
+        raise ValueError(f"cannot serve at {args.host}:{args.port}: {bind_problem(e, args.host, args.port)}") from None
     if not is_loopback(args.host) and token is None:
         print(f"warning: serving on {args.host} without a token; anyone who can reach this port can use the "
               f"reward. Set {args.token_env} to require one.", file=sys.stderr)
-    reward = get_reward(args.reward)
-    server = RewardServer(reward, args.host, args.port, token, max_bytes=args.max_mb << 20, max_batch=args.max_batch)
+    try:
+        server.reward = reward = get_reward(args.reward)
+    except BaseException:
+        server.server_close()
+        raise
     print(f"serving reward {reward.name!r} at {server.url} (POST /score, GET /health"
           f"{', bearer token required' if token else ''}); Ctrl-C stops", flush=True)
     try:
@@ -77,11 +85,13 @@ def add_reward_commands(sub) -> None:
                        "'remote:http://HOST:PORT'.")
     p.add_argument("--reward", required=True, help="a reward spec, e.g. aesthetic or 'pickscore(batch_size=16)'")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8100, help="port (default: 8100; 0 picks a free one)")
+    p.add_argument("--port", type=port_int, default=8100, help="port (default: 8100; 0 picks a free one)")
     p.add_argument("--token-env", default="DDRL_REWARD_TOKEN",
                    help="environment variable holding a bearer token to require (default: DDRL_REWARD_TOKEN)")
     p.add_argument("--max-mb", type=positive_int, default=64, help="largest request body in MiB (default: 64)")
     p.add_argument("--max-batch", type=positive_int, default=256, help="most images per request (default: 256)")
+    p.add_argument("--max-megapixels", type=positive_int, default=32,
+                   help="most pixels per request, in MiB-pixels, checked before decoding (default: 32)")
     p.set_defaults(func=cmd_reward_server)
 
     p = sub.add_parser("convert-open-clip", help="convert an open_clip checkpoint (e.g. HPS v2.1) for transformers",
@@ -106,7 +116,7 @@ def add_reward_commands(sub) -> None:
     p.add_argument("--saturation-weight", type=non_negative_float, default=0.5,
                    help="weight of mean saturation in the hidden preference (default: 0.5)")
     p.add_argument("--max-prompts", type=positive_int, help="use only the first N prompts of each split")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_reward_pairs)
 
     p = sub.add_parser("reward-train", help="train a Bradley-Terry reward model on preference pairs",
@@ -121,6 +131,6 @@ def add_reward_commands(sub) -> None:
                    "or a CLIP folder (default: shapes-sd)")
     p.add_argument("--epochs", type=positive_int, default=4, help="passes over the pairs (default: 4)")
     p.add_argument("--batch-size", type=positive_int, default=64, help="pairs per step (default: 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="AdamW learning rate (default: 1e-3)")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=cmd_reward_train)

@@ -22,6 +22,7 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 KLForm = Literal["code", "paper"]
 NFTLoss = Literal["x0-adaptive", "velocity"]
 NFTDecay = Literal["none", "ramp", "delayed"]
+NonFinite = Literal["stop", "skip"]
 
 # keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
 RENAMED = {"train.cfg": "train.rescore_with_guidance"}
@@ -66,7 +67,7 @@ class SampleConfig:
     noise_window_size: int = 0
     """stochastic steps from noise_window_start (0: all the rest)"""
     guidance_scale: float = 5.0
-    """classifier-free guidance; 1 disables it"""
+    """classifier-free guidance scale: 0 or 1 disables it (the conditional prediction alone), else > 1"""
     batch_size: int = 32
     """images per sampling forward, per process"""
     num_batches_per_epoch: int = 2
@@ -133,6 +134,10 @@ class TrainConfig:
     nft_old_decay: NFTDecay = "ramp"
     """DiffusionNFT: decay d of the old (sampling) policy's EMA after each epoch, by optimizer steps s:
     none (old = current), ramp (min(0.001 s, 0.5)) or delayed (0 for 75 steps, then min(0.0075 (s - 75), 0.999))"""
+    nonfinite: NonFinite = "stop"
+    """a non-finite loss, gradient norm, weight or decoded image: stop (an error names it; the last
+    checkpoint is kept), or skip the optimizer steps whose gradient is non-finite (counted in
+    train/skipped_steps; non-finite weights or images still stop)"""
     buffer_size: int = 16
     """per-prompt FIFO length"""
     min_count: int = 16
@@ -161,7 +166,7 @@ class EvalConfig:
     images_per_prompt: int = 2
     """images per held-out prompt in the before/after evaluation"""
     train_images_per_prompt: int = 1
-    """images per training prompt in the before/after evaluation"""
+    """images per training prompt in the before/after evaluation (0: held-out prompts only)"""
     max_prompts: int = 0
     """evaluate at most this many prompts of each split, spread over categories (0: all)"""
     grid_every: int = 5
@@ -317,8 +322,12 @@ def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
 def load_yaml(path: str | Path) -> dict[str, Any]:
     import yaml
 
+    from .io import read_text
+
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.safe_load(read_text(path, "config file"))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import Config, ConfigError, _hint
+from .bounds import guidance_problem, number_problem
+from .config import Config, ConfigError, _hint, flatten
 
 
 def algorithm_class(name: str):
@@ -19,32 +20,52 @@ def algorithm_class(name: str):
     return ALGORITHMS[name]
 
 
+# The accepted range of every number in the config (ddrl.bounds intervals); a None value of an
+# optional field (train.learning_rate, train.rwr_percentile) means "the default" and is not checked.
+RANGES = {
+    "model.lora_rank": "[1, inf)", "model.lora_alpha": "(0, inf)",
+    "sample.num_steps": "[1, inf)", "sample.eta": "[0, 1]", "sample.noise_level": "[0, inf)",
+    "sample.noise_window_start": "[0, inf)", "sample.noise_window_size": "[0, inf)",
+    "sample.batch_size": "[1, inf)", "sample.num_batches_per_epoch": "[1, inf)",
+    "sample.images_per_prompt": "[1, inf)",
+    "train.learning_rate": "(0, inf)", "train.batch_size": "[1, inf)",
+    "train.gradient_accumulation_steps": "[1, inf)", "train.num_inner_epochs": "[1, inf)",
+    "train.timestep_fraction": "(0, 1]", "train.timesteps_per_forward": "[1, inf)",
+    "train.clip_range": "(0, inf)", "train.adv_clip_max": "(0, inf)", "train.max_grad_norm": "(0, inf)",
+    "train.weight_decay": "[0, inf)", "train.adam_beta1": "[0, 1)", "train.adam_beta2": "[0, 1)",
+    "train.adam_eps": "(0, inf)", "train.kl_coef": "[0, inf)", "train.ema_decay": "[0, 1)",
+    "train.ema_update_interval": "[1, inf)", "train.nft_beta": "(0, inf)", "train.buffer_size": "[1, inf)",
+    "train.min_count": "[1, inf)", "train.rwr_beta": "(0, inf)", "train.rwr_percentile": "[0, 100)",
+    "eval.num_steps": "[0, inf)", "eval.images_per_prompt": "[1, inf)", "eval.train_images_per_prompt": "[0, inf)",
+    "eval.max_prompts": "[0, inf)", "eval.grid_every": "[0, inf)", "eval.grid_size": "[1, inf)",
+    "run.epochs": "[1, inf)", "run.seed": "[0, 4294967295]", "run.save_every": "[1, inf)",
+    "run.keep_checkpoints": "[1, inf)",
+}
+
+
+def check_numbers(cfg: Config) -> None:
+    """Every number of the config is finite and in its range (RANGES), and the guidance scale
+    follows ddrl.bounds.GUIDANCE_RULE."""
+    for key, value in flatten(cfg.to_dict()).items():
+        if value is None or isinstance(value, (bool, str)):
+            continue
+        problem = number_problem(value, RANGES.get(key, "(-inf, inf)"))
+        if problem:
+            raise ConfigError(f"{key} {problem}")
+    if problem := guidance_problem(cfg.sample.guidance_scale):
+        raise ConfigError(f"sample.guidance_scale {problem}")
+
+
 def validate(cfg: Config) -> None:
     """Checks every algorithm shares, then the chosen algorithm's own (its `validate`)."""
-    s, t, m, r = cfg.sample, cfg.train, cfg.model, cfg.run
-    positive = {"sample.num_steps": s.num_steps, "sample.batch_size": s.batch_size,
-                "sample.num_batches_per_epoch": s.num_batches_per_epoch,
-                "sample.images_per_prompt": s.images_per_prompt, "train.batch_size": t.batch_size,
-                "train.gradient_accumulation_steps": t.gradient_accumulation_steps,
-                "train.num_inner_epochs": t.num_inner_epochs, "train.timesteps_per_forward": t.timesteps_per_forward,
-                "train.buffer_size": t.buffer_size, "train.min_count": t.min_count,
-                "train.ema_update_interval": t.ema_update_interval,
-                "model.lora_rank": m.lora_rank, "run.epochs": r.epochs, "run.save_every": r.save_every,
-                "run.keep_checkpoints": r.keep_checkpoints, "eval.images_per_prompt": cfg.eval.images_per_prompt,
-                "eval.grid_size": cfg.eval.grid_size}
-    if cfg.eval.max_prompts < 0:
-        raise ConfigError(f"eval.max_prompts must be >= 0, got {cfg.eval.max_prompts}")
-    for k, v in positive.items():
-        if v < 1:
-            raise ConfigError(f"{k} must be a positive integer, got {v}")
+    s, t = cfg.sample, cfg.train
+    check_numbers(cfg)
     algorithm = algorithm_class(t.algorithm)
-    if s.sampler == "flow-cps" and not 0 <= s.noise_level <= 1:
+    if s.sampler == "flow-cps" and s.noise_level > 1:
         raise ConfigError(f"sample.noise_level must be in [0, 1] for flow-cps (the CPS eta), got {s.noise_level}")
-    if s.noise_level < 0:
-        raise ConfigError(f"sample.noise_level must be >= 0, got {s.noise_level}")
     if s.sampler != "ddim":
         size = s.noise_window_size or s.num_steps - s.noise_window_start
-        if s.noise_window_start < 0 or s.noise_window_size < 0 or size < 1 or s.noise_window_start + size > s.num_steps:
+        if size < 1 or s.noise_window_start + size > s.num_steps:
             raise ConfigError(f"the noise window [{s.noise_window_start}, {s.noise_window_start + size}) "
                               f"(sample.noise_window_start, sample.noise_window_size) is outside the "
                               f"{s.num_steps} steps (sample.num_steps)")
@@ -55,25 +76,6 @@ def validate(cfg: Config) -> None:
 
         users = [n for n, a in ALGORITHMS.items() if a.uses_pairwise_judge]
         raise ConfigError(f"reward.pairwise is read by {', '.join(users)} only; train.algorithm is {t.algorithm}")
-    if not 0 <= t.ema_decay < 1:
-        raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
-    if cfg.eval.num_steps < 0:
-        raise ConfigError(f"eval.num_steps must be >= 0, got {cfg.eval.num_steps}")
-    if not 0 <= s.eta <= 1:
-        raise ConfigError(f"sample.eta must be in [0, 1], got {s.eta}")
-    if s.guidance_scale < 1:
-        raise ConfigError(f"sample.guidance_scale must be >= 1, got {s.guidance_scale}")
-    if not 0 < t.timestep_fraction <= 1:
-        raise ConfigError(f"train.timestep_fraction must be in (0, 1], got {t.timestep_fraction}")
-    for k in ("clip_range", "adv_clip_max", "max_grad_norm", "nft_beta"):
-        if getattr(t, k) <= 0:
-            raise ConfigError(f"train.{k} must be > 0, got {getattr(t, k)}")
-    if t.kl_coef < 0 or t.weight_decay < 0:
-        raise ConfigError("train.kl_coef and train.weight_decay must be >= 0")
-    if t.learning_rate is not None and t.learning_rate <= 0:
-        raise ConfigError(f"train.learning_rate must be > 0, got {t.learning_rate}")
-    if t.rwr_percentile is not None and not 0 <= t.rwr_percentile < 100:
-        raise ConfigError(f"train.rwr_percentile must be in [0, 100), got {t.rwr_percentile}")
     n = cfg.samples_per_epoch
     if n % s.images_per_prompt:  # a prompt's images (a GRPO group) all belong to one epoch
         raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide the samples per "

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .io import read_text
+
 ANIMALS = (
     "cat", "dog", "horse", "cow", "sheep", "goat", "pig", "rabbit", "mouse", "squirrel", "fox",
     "wolf", "bear", "panda", "lion", "tiger", "leopard", "cheetah", "elephant", "giraffe", "zebra",
@@ -27,7 +29,8 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
         return [(p, {}) for p in ANIMALS]
     if source.startswith("file:"):
         path = Path(source[5:])
-        lines = [(n, line.strip()) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+        lines = [(n, line.strip()) for n, line in enumerate(read_text(path, "prompt file").splitlines(), 1)
+                 if line.strip()]
         if not lines:
             raise ValueError(f"prompt file {path} has no prompts")
         if path.suffix != ".jsonl":
@@ -36,10 +39,12 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
         for n, line in lines:
             try:
                 row = json.loads(line)
-                prompt = row.pop("prompt")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                raise ValueError(f"{path}:{n}: expected a JSON object with a \"prompt\" key") from None
-            records.append((str(prompt), row))
+            except ValueError:
+                raise ValueError(f"{path}:{n}: not JSON; expected an object with a \"prompt\" key") from None
+            prompt = row.pop("prompt", None) if isinstance(row, dict) else None
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise ValueError(f"{path}:{n}: \"prompt\" must be non-empty text, got {prompt!r}")
+            records.append((prompt.strip(), row))
         return records
     raise ValueError(f"unknown prompt source {source!r}")
 

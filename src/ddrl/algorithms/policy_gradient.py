@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from ..bounds import uses_guidance
 from ..models.policy import guided_prediction
 from ..sampling import Step
 from .base import Context, Rollouts, mean_stats, minibatches
@@ -96,4 +97,4 @@ def single_pass_applies(cfg) -> bool:
     t, s = cfg.train, cfg.sample
     return (t.single_pass and t.num_inner_epochs == 1 and cfg.optimizer_steps_per_epoch == 1
             and t.timestep_fraction == 1.0 and cfg.stochastic_steps == s.num_steps and t.kl_coef == 0
-            and (t.rescore_with_guidance or s.guidance_scale == 1.0))
+            and (t.rescore_with_guidance or not uses_guidance(s.guidance_scale)))

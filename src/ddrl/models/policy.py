@@ -15,6 +15,7 @@ from typing import Iterator, Literal, Protocol, Sequence
 import torch
 from torch import Tensor
 
+from ..bounds import uses_guidance
 from ..sampling import DDIMSchedule
 
 
@@ -94,8 +95,9 @@ def decode_latents(vae, latents: Tensor) -> Tensor:
 def guided_prediction(policy: Policy, x_t: Tensor, t: Tensor, cond: Cond, uncond: Cond,
                       guidance_scale: float) -> Tensor:
     """Classifier-free guidance (Ho & Salimans 2022): u + w * (c - u), one batched forward.
-    A scale of 1 is the plain conditional prediction and skips the unconditional half."""
-    if guidance_scale == 1.0:
+    A scale of 0 or 1 is the plain conditional prediction and skips the unconditional half
+    (ddrl.bounds.GUIDANCE_RULE)."""
+    if not uses_guidance(guidance_scale):
         return policy.predict(x_t, t, cond)
     out = policy.predict(torch.cat([x_t, x_t]), torch.cat([t, t]), Cond.cat([uncond, cond]))
     u, c = out.chunk(2)

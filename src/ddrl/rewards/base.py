@@ -64,6 +64,10 @@ def check_images(name: str, images: Tensor) -> None:
         raise RewardError(f"reward {name!r}: expected float images in [0, 1], got dtype {images.dtype}")
     if len(images) == 0:
         raise RewardError(f"reward {name!r}: empty batch")
+    finite = torch.isfinite(images).flatten(1).all(1)
+    if not finite.all():
+        bad = (~finite).nonzero().flatten().tolist()
+        raise RewardError(f"reward {name!r}: images at batch positions {bad[:8]} hold non-finite values (NaN or inf)")
     lo, hi = float(images.min()), float(images.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise RewardError(f"reward {name!r}: images must be in [0, 1], got values in [{lo:.3g}, {hi:.3g}]")

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..io import check_writable_dir
 from .base import RewardError
 
 # vision heads, text heads, activation (open_clip's model configs; OpenAI-trained weights use quick_gelu)
@@ -105,6 +106,7 @@ def convert_open_clip(checkpoint: str | Path, out_dir: str | Path, architecture:
 
     if architecture not in ARCHITECTURES:
         raise RewardError(f"unknown architecture {architecture!r}; known: {', '.join(ARCHITECTURES)}")
+    check_writable_dir(out_dir, "the output folder")
     vision_heads, text_heads, activation = ARCHITECTURES[architecture]
     if heads:
         vision_heads, text_heads = heads

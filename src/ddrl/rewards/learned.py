@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..io import atomic_write_text
+from ..bounds import number_problem
+from ..io import atomic_write_text, check_writable_dir, read_text
 from .base import RewardError, RewardOutput, in_batches
 
 CONFIG, WEIGHTS = "reward_model.json", "model.safetensors"
@@ -93,23 +94,43 @@ class PreferenceCNN(nn.Module):
 # data
 
 
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+INFO_FIELDS = ("margin",)  # written by `ddrl reward-pairs`, not used in training
+
+
 def read_pairs(path: str | Path) -> list[dict]:
-    """Pairs from a JSONL file (or a folder holding `pairs.jsonl`), image paths made absolute."""
+    """Pairs from a JSONL file (or a folder holding `pairs.jsonl`), image paths made absolute.
+    A row with a missing, empty or non-text value, an unknown field or a missing image is refused
+    with its line number."""
     path = Path(path)
     if path.is_dir():
         path = path / "pairs.jsonl"
     if not path.is_file():
         raise RewardError(f"no preference pairs at {path}")
+    try:
+        text = read_text(path, "pairs file")
+    except ValueError as e:
+        raise RewardError(str(e)) from None
     pairs = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
-            pair = {"prompt": str(row["prompt"]), "chosen": str(path.parent / row["chosen"]),
-                    "rejected": str(path.parent / row["rejected"])}
-        except (ValueError, KeyError, TypeError) as e:
-            raise RewardError(f"{path}:{n}: expected a JSON object with prompt, chosen, rejected ({e})") from None
+        except ValueError as e:
+            raise RewardError(f"{path}:{n}: not JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise RewardError(f"{path}:{n}: expected a JSON object with {', '.join(PAIR_FIELDS)}")
+        unknown = [k for k in row if k not in PAIR_FIELDS + INFO_FIELDS]
+        if unknown:
+            raise RewardError(f"{path}:{n}: unknown field(s) {', '.join(map(repr, unknown))}; a pair has "
+                              f"{', '.join(PAIR_FIELDS)} (and optionally {', '.join(INFO_FIELDS)})")
+        bad = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
+        if bad:
+            raise RewardError(f"{path}:{n}: {', '.join(bad)} must be non-empty text, got "
+                              f"{', '.join(repr(row.get(k)) for k in bad)}")
+        pair = {"prompt": row["prompt"], "chosen": str(path.parent / row["chosen"]),
+                "rejected": str(path.parent / row["rejected"]), "line": f"{path}:{n}"}
         for key in ("chosen", "rejected"):
             if not Path(pair[key]).is_file():
                 raise RewardError(f"{path}:{n}: no image at {pair[key]}")
@@ -122,7 +143,13 @@ def read_pairs(path: str | Path) -> list[dict]:
 def load_images(paths: Sequence[str]) -> Tensor:
     from PIL import Image
 
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    arrays = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                arrays.append(np.asarray(im.convert("RGB")))
+        except Exception as e:  # noqa: BLE001 - any unreadable image gets the same clear message
+            raise RewardError(f"cannot read the image {p} ({type(e).__name__}: {e})") from None
     if len({a.shape for a in arrays}) > 1:
         raise RewardError(f"pair images differ in size: {sorted({a.shape for a in arrays})}; resize them to one size")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # uint8
@@ -152,6 +179,12 @@ class _Indexed:
         paths = sorted({p[k] for p in pairs for k in ("chosen", "rejected")})
         where = {p: i for i, p in enumerate(paths)}
         self.images = load_images(paths)
+        # a pair of identical images carries no preference: dropped, and its line reported
+        same = [torch.equal(self.images[where[p["chosen"]]], self.images[where[p["rejected"]]]) for p in pairs]
+        self.dropped = [p["line"] for p, s in zip(pairs, same) if s]
+        pairs = [p for p, s in zip(pairs, same) if not s]
+        if not pairs:
+            raise RewardError(f"every pair has identical chosen and rejected images (e.g. {self.dropped[0]})")
         prompts = sorted({p["prompt"] for p in pairs})
         pid = {p: i for i, p in enumerate(prompts)}
         self.text = text(prompts)
@@ -205,6 +238,11 @@ def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Seque
 
     if epochs < 1 or batch_size < 1 or not 0 < heldout_fraction < 1:
         raise RewardError("need epochs >= 1, batch_size >= 1 and 0 < heldout_fraction < 1")
+    if problem := number_problem(learning_rate, "(0, inf)"):
+        raise RewardError(f"learning_rate {problem}")
+    if (Path(out_dir) / CONFIG).exists():
+        raise RewardError(f"{out_dir} already holds a reward model; choose another output folder or delete it")
+    check_writable_dir(out_dir, "the output folder")  # before the work, not after it
     train_pairs = read_pairs(pairs)
     if heldout:
         held_sets = {Path(h).stem: read_pairs(h) for h in heldout}
@@ -215,6 +253,10 @@ def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Seque
     text = TextFeatures(text_encoder)
     train = _Indexed(train_pairs, text)
     helds = {name: _Indexed(p, text) for name, p in held_sets.items()}
+    dropped = train.dropped + [line for d in helds.values() for line in d.dropped]
+    if dropped:
+        print(f"reward-train: dropped {len(dropped)} pair(s) whose chosen and rejected images are identical "
+              f"(e.g. {', '.join(dropped[:3])})")
     model = PreferenceCNN(text.dim, image_size, width, dropout=dropout)
     opt = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
@@ -240,6 +282,7 @@ def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Seque
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / WEIGHTS)
     metrics = {"train_pairs": len(train), **{f"{n}_pairs": len(d) for n, d in helds.items()},
+               "dropped_identical_pairs": len(dropped),
                "train_accuracy": pairwise_accuracy(model, train), "history": history,
                **{k: v for k, v in history[-1].items() if k.endswith("_accuracy")}}
     config = {"kind": "bradley-terry-cnn", "text_encoder": text_encoder, "image_size": image_size, "width": width,

@@ -1,32 +1,37 @@
 """`ddrl reward-server`: any registered reward over HTTP, so heavy or clashing reward stacks can run
 in their own environment, process, GPU or machine.
 
-    GET  /health  -> {"status": "ok", "reward": NAME, "max_batch": N, "max_bytes": M}
+    GET  /health  -> {"status": "ok", "reward": NAME, "max_batch": N, "max_bytes": M, "max_pixels": P}
     POST /score   <- application/x-npz: `images` (B, 3, H, W) float in [0, 1] or uint8,
                      `prompts` (B,) str, optional `metadata` (a JSON list of B objects, as a str)
                   <- application/json: {"images": [base64 PNG, ...], "prompts": [...], "metadata": [...]}
                   -> {"scores": [B floats], "details": {...}}  or  {"error": message} with 4xx/5xx
 
 Requests are decoded with `numpy.load(allow_pickle=False)`, PIL and `json`: nothing a client sends
-is unpickled or executed. Bodies over `max_bytes` are refused before they are read. With a token
+is unpickled or executed. Bodies over `max_bytes` are refused before they are read, and images
+over `max_pixels` (in all, per request) before they are decoded. Every problem of the request
+(undecodable, 16-bit, non-finite or out-of-range pixels, too large) is a 4xx, which the client does
+not retry; a 5xx means the reward itself failed. With a token
 (from an environment variable, so it stays out of `ps`), /score needs `Authorization: Bearer`.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hmac
 import io
 import ipaddress
 import json
 import math
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import torch
 
-from .base import RewardError, RewardFn, check_images, score
+from .base import RewardFn, check_images, score
 
 NPZ, JSON = "application/x-npz", "application/json"
 
@@ -37,20 +42,30 @@ class BadRequest(Exception):
         self.status = status
 
 
-def decode_npz(body: bytes) -> tuple[torch.Tensor, list[str], list[dict] | None]:
+def decode_npz(body: bytes, max_pixels: int) -> tuple[torch.Tensor, list[str], list[dict] | None]:
     try:
         with np.load(io.BytesIO(body), allow_pickle=False) as z:
+            # the decompressed size of `images` is checked before it is read (an npz may be compressed)
+            info = {i.filename: i.file_size for i in z.zip.infolist()}
+            if info.get("images.npy", 0) > max_pixels * 3 * 8 + 1024:
+                raise BadRequest(413, f"images decompress to {info['images.npy']} bytes, over this server's "
+                                 f"limit of {max_pixels} pixels per request")
             arrays = {k: z[k] for k in z.files}
+    except BadRequest:
+        raise
     except Exception as e:  # noqa: BLE001 - any decoding failure is the client's
         raise BadRequest(400, f"body is not a valid npz without pickled objects ({type(e).__name__}: {e})")
     for key in ("images", "prompts"):
         if key not in arrays:
             raise BadRequest(400, f"npz lacks {key!r}; it has {sorted(arrays)}")
     images, prompts = arrays["images"], arrays["prompts"]
+    if images.ndim == 4 and images.shape[0] * images.shape[2] * images.shape[3] > max_pixels:
+        raise BadRequest(413, f"{images.shape[0]} images of {images.shape[2]}x{images.shape[3]} are over this "
+                         f"server's limit of {max_pixels} pixels per request")
     if images.dtype == np.uint8:
         images = images.astype(np.float32) / 255
     elif images.dtype.kind != "f":
-        raise BadRequest(400, f"images must be float in [0, 1] or uint8, got {images.dtype}")
+        raise BadRequest(400, f"unsupported image type {images.dtype}: send uint8, or float in [0, 1]")
     if prompts.dtype.kind != "U" or prompts.ndim != 1:
         raise BadRequest(400, "prompts must be a 1-D array of strings")
     try:
@@ -60,19 +75,36 @@ def decode_npz(body: bytes) -> tuple[torch.Tensor, list[str], list[dict] | None]
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), prompts.tolist(), metadata
 
 
-def decode_json(body: bytes) -> tuple[torch.Tensor, list[str], list[dict] | None]:
-    from PIL import Image, UnidentifiedImageError
+# 8-bit PIL modes; 16-bit and float images ("I;16", "I", "F") are refused, not silently clipped
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def decode_json(body: bytes, max_pixels: int) -> tuple[torch.Tensor, list[str], list[dict] | None]:
+    from PIL import Image
 
     try:
         req = json.loads(body)
-        pngs = [Image.open(io.BytesIO(base64.b64decode(s, validate=True))) for s in req["images"]]
-        arrays = [np.asarray(im.convert("RGB")) for im in pngs]
-    except (ValueError, KeyError, TypeError, UnidentifiedImageError) as e:
+        encoded = req["images"]
+        if not isinstance(encoded, list) or not all(isinstance(x, str) for x in encoded):
+            raise TypeError("'images' must be a list of base64 strings")
+        opened = [Image.open(io.BytesIO(base64.b64decode(x, validate=True))) for x in encoded]
+    except Exception as e:  # noqa: BLE001 - undecodable input is the client's
         raise BadRequest(400, f"expected JSON with base64 PNG 'images' and 'prompts' ({type(e).__name__}: {e})")
-    if not arrays:
+    if not opened:
         raise BadRequest(400, "empty batch")
-    if len({a.shape for a in arrays}) > 1:
-        raise BadRequest(400, f"images differ in size: {sorted({a.shape for a in arrays})}")
+    # Image.open reads only the header: sizes and modes are checked before any pixel is decoded
+    pixels = sum(im.width * im.height for im in opened)
+    if pixels > max_pixels:
+        raise BadRequest(413, f"images of {pixels} pixels in all are over this server's limit of {max_pixels}")
+    for i, im in enumerate(opened):
+        if im.mode not in EIGHT_BIT_MODES:
+            raise BadRequest(400, f"image {i} has mode {im.mode!r}; send 8-bit images (RGB, RGBA, L or P)")
+    if len({im.size for im in opened}) > 1:
+        raise BadRequest(400, f"images differ in size: {sorted({im.size for im in opened})}")
+    try:
+        arrays = [np.asarray(im.convert("RGB")) for im in opened]
+    except Exception as e:  # noqa: BLE001 - a truncated or corrupt image
+        raise BadRequest(400, f"an image could not be decoded ({type(e).__name__}: {e})")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
     return images, req.get("prompts"), req.get("metadata")
 
@@ -87,8 +119,9 @@ class RewardServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, reward: RewardFn, host: str = "127.0.0.1", port: int = 8100, token: str | None = None,
-                 max_bytes: int = 64 << 20, max_batch: int = 256, quiet: bool = False):
+                 max_bytes: int = 64 << 20, max_batch: int = 256, max_pixels: int = 32 << 20, quiet: bool = False):
         self.reward, self.token, self.max_bytes, self.max_batch, self.quiet = reward, token, max_bytes, max_batch, quiet
+        self.max_pixels = max_pixels
         self.lock = threading.Lock()  # one batch at a time through the model
         super().__init__((host, port), _Handler)
 
@@ -118,7 +151,8 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.rstrip("/") != "/health":
             return self._send(404, {"error": f"no such endpoint {self.path}; use /health or POST /score"})
         s = self.server
-        self._send(200, {"status": "ok", "reward": s.reward.name, "max_batch": s.max_batch, "max_bytes": s.max_bytes})
+        self._send(200, {"status": "ok", "reward": s.reward.name, "max_batch": s.max_batch, "max_bytes": s.max_bytes,
+                         "max_pixels": s.max_pixels})
 
     def do_POST(self):
         try:
@@ -126,7 +160,7 @@ class _Handler(BaseHTTPRequestHandler):
         except BadRequest as e:
             self.close_connection = True  # the body may be unread
             self._send(e.status, {"error": str(e)})
-        except RewardError as e:
+        except ValueError as e:  # RewardError, or a reward refusing its input (e.g. a prompt it cannot read)
             self._send(400, {"error": str(e)})
         except Exception as e:  # noqa: BLE001 - report, keep serving
             self.log_error("scoring failed: %r", e)
@@ -149,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         kind = self.headers.get("Content-Type", "").split(";")[0].strip()
         if kind not in (NPZ, JSON):
             raise BadRequest(415, f"Content-Type must be {NPZ} or {JSON}, got {kind!r}")
-        images, prompts, metadata = (decode_npz if kind == NPZ else decode_json)(body)
+        images, prompts, metadata = (decode_npz if kind == NPZ else decode_json)(body, s.max_pixels)
         if len(images) > s.max_batch:
             raise BadRequest(413, f"batch of {len(images)} is over this server's limit of {s.max_batch}")
         check_images(s.reward.name, images)
@@ -172,3 +206,16 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def bind_problem(e: OSError, host: str, port: int) -> str:
+    """What went wrong binding the server's socket, and what to do about it."""
+    if isinstance(e, socket.gaierror):
+        return f"{host!r} is not an address or a known host name; use e.g. 127.0.0.1 or 0.0.0.0"
+    if e.errno == errno.EADDRINUSE:
+        return f"port {port} is in use; choose another --port (0 picks a free one)"
+    if e.errno == errno.EACCES:
+        return f"no permission to bind port {port}; ports below 1024 need privileges, use --port 8100"
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"{host!r} is not an address of this machine; use 127.0.0.1, 0.0.0.0 or one of its addresses"
+    return e.strerror or str(e)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..io import atomic_write_text
+from ..io import atomic_write_text, check_writable_dir
 
 
 def saturation(image: Tensor) -> float:
@@ -45,7 +45,7 @@ def make_shapes_pairs(out_dir: str | Path, *, images_per_prompt: int = 16, heldo
     from ..models import load_policy
     from ..worlds.shapes import split
 
-    out = Path(out_dir)
+    out = check_writable_dir(out_dir, "the pairs folder")
     policy = load_policy("shapes-sd")
     counts = {}
     parts = {"train": ("train", images_per_prompt), "heldout": ("train", heldout_images_per_prompt),

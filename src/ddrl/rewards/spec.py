@@ -15,6 +15,7 @@ atom := 'route' '[' key ']' '(' value '=' sum (',' value '=' sum)* ')' | word ['
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Union
@@ -113,6 +114,8 @@ class _Parser:
                 weight = float(self.peek())
             except ValueError:
                 self.fail("a number before '*'")
+            if not math.isfinite(weight):
+                raise RewardError(f"reward spec {self.text!r}: the weight {self.peek()!r} is not a finite number")
             self.i += 2
         return weight, self.atom()
 
@@ -140,6 +143,8 @@ class _Parser:
                 key = self.word("an option name")
                 self.take("=")
                 options[key] = _value(self.word(f"a value for {key!r}"))
+                if isinstance(options[key], float) and not math.isfinite(options[key]):
+                    raise RewardError(f"reward spec {self.text!r}: option {key}={options[key]} is not a finite number")
                 if self.peek() != ",":
                     break
                 self.take(",")

@@ -4,12 +4,14 @@ A checkpoint is a folder `checkpoints/epoch_NNNNNN` holding everything the next 
 the trained weights (LoRA or full), the optimizer state, the per-prompt reward buffers and the
 epoch. All randomness in a run is derived from (seed, epoch, sample index), so no RNG state is
 needed. The folder is written under a temporary name and renamed into place, so a run killed at
-any moment (even during the write) leaves the previous checkpoint intact. Safetensors and JSON
+any moment (even during the write) leaves the previous checkpoint intact; its state.json holds the
+sha256 of every file, so a checkpoint damaged later is found on resume (and the previous one used). Safetensors and JSON
 only: nothing is unpickled on resume.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,22 +40,51 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
     opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
 
 
+class DamagedCheckpoint(ValueError):
+    """A checkpoint folder is unreadable or fails its manifest of file hashes."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _manifest(folder: Path) -> dict[str, str]:
+    """sha256 of every file in `folder` (recursively) by relative path."""
+    return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def save_checkpoint(ckpt_dir: Path, epoch: int, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
                     state: dict, extra_files: dict[str, callable] | None = None, keep: int = 2) -> Path:
     """Write checkpoint `epoch` (the number of completed epochs) atomically and prune old ones.
-    `extra_files` maps a file name to a function writing it into the given folder."""
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    `extra_files` maps a file name to a function writing it into the given folder. state.json,
+    written last, lists the sha256 of every other file, so damage is found on resume."""
     final = ckpt_dir / f"epoch_{epoch:06d}"
     tmp = ckpt_dir / f".tmp_epoch_{epoch:06d}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
-    opt_tensors, groups = optimizer_tensors(opt)
-    save_file({k: v.cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"),
-              metadata={"param_groups": groups})
-    for name, write in (extra_files or {}).items():
-        write(tmp)
-    (tmp / "state.json").write_text(json.dumps(state | {"epoch": epoch}))
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
+        opt_tensors, groups = optimizer_tensors(opt)
+        save_file({k: v.cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"),
+                  metadata={"param_groups": groups})
+        for name, write in (extra_files or {}).items():
+            write(tmp)
+        (tmp / "state.json").write_text(json.dumps(state | {"epoch": epoch, "files": _manifest(tmp)}))
+    except Exception as e:  # noqa: BLE001 - safetensors reports a full disk as its own error type
+        shutil.rmtree(tmp, ignore_errors=True)
+        previous = list_checkpoints(ckpt_dir)
+        kept = f"the previous checkpoint, {previous[-1]}, is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointWriteError(f"could not write checkpoint {final} ({type(e).__name__}: {str(e)[:200]}); "
+                                   f"{kept}. Free disk space or fix permissions, then resume the run") from e
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -70,15 +101,21 @@ def list_checkpoints(ckpt_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], str, dict]:
-    """(weights, optimizer tensors, optimizer groups, state) or a one-line error naming the folder."""
+    """(weights, optimizer tensors, optimizer groups, state), after checking every file against
+    the manifest in state.json; a DamagedCheckpoint names the folder and the file otherwise."""
     from safetensors import safe_open
 
     try:
+        state = json.loads((path / "state.json").read_text())
+        for name, digest in state.get("files", {}).items():
+            if not (path / name).is_file():
+                raise ValueError(f"{name} is missing")
+            if _sha256(path / name) != digest:
+                raise ValueError(f"{name} does not match its hash")
         weights = load_file(str(path / "trainable.safetensors"))
         with safe_open(str(path / "optimizer.safetensors"), "pt") as f:
             groups = f.metadata()["param_groups"]
         opt = load_file(str(path / "optimizer.safetensors"))
-        state = json.loads((path / "state.json").read_text())
     except Exception as e:  # noqa: BLE001 - any damage to the folder gets the same clear message
-        raise ValueError(f"checkpoint {path} is unreadable ({type(e).__name__}: {e})") from e
+        raise DamagedCheckpoint(f"checkpoint {path} is damaged ({type(e).__name__}: {e})") from e
     return weights, opt, groups, state

@@ -48,6 +48,8 @@ def evaluate(tr, tag: str) -> dict:
     e = tr.cfg.eval
     for split, prompts, k in (("heldout", _round_robin(tr.eval_prompts), e.images_per_prompt),
                               ("train", _round_robin(tr.train_prompts), e.train_images_per_prompt)):
+        if k == 0:  # eval.train_images_per_prompt 0: held-out prompts only
+            continue
         prompts = prompts[:e.max_prompts or None]
         ps, images = _sample(tr, prompts, k, progress=True)
         rewards, _ = score(tr.reward, images, ps, [tr.prompt_metadata[p] for p in ps])

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import signal
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -28,18 +29,21 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..algorithms import Context, EpochRewards, Rollouts
-from ..config import Config, dump_yaml
+from ..config import Config
 from ..config_checks import algorithm_class
 from ..ema import ema_step_
 from ..io import atomic_write_text
 from ..models.policy import ModelError, guided_prediction
+from ..models.prompt_length import check_prompt_lengths
 from ..prompts import load_prompt_records
 from ..rewards import get_reward, score
 from ..sampling import DDIMSampler, FlowSampler, rollout
-from .checkpoint import list_checkpoints
+from .checkpoint import DamagedCheckpoint, list_checkpoints
 from .evaluation import evaluate, write_grid
+from .finite import NonFiniteError, first_nonfinite, nonfinite_error
 from .metrics import MetricsLog
 from .report import finish_run
+from .resume import run_config_text
 from .state import load_trainer, save_trainer
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
@@ -75,6 +79,8 @@ class Trainer:
                      "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
             raise ModelError(f"{cfg.model.name!r} is {kinds[self.policy.prediction]}; train.algorithm "
                              f"{cfg.train.algorithm} trains {kinds[algorithm.prediction]}")
+        check_prompt_lengths(self.policy, self.train_prompts, f"prompts.source {cfg.prompts.source}")
+        check_prompt_lengths(self.policy, self.eval_prompts, f"prompts.eval_source {cfg.prompts.eval_source}")
         self.sampler = self.make_sampler(cfg.sample.num_steps)
         with torch.no_grad():  # validates every prompt against the model before any work
             self.cond_table = self.policy.encode(self.train_prompts)
@@ -85,6 +91,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.train.weight_decay,
                                            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
         self.epoch = 0
+        self.skipped_steps = 0
         self.optimizer_steps = 0
         self._stop = False
         self.algorithm = algorithm(Context(
@@ -199,6 +206,8 @@ class Trainer:
                                x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
             with torch.no_grad():
                 images = policy.decode(traj.final).cpu()
+            if not (bool(torch.isfinite(images).all()) and bool(torch.isfinite(traj.log_probs).all())):
+                raise self._nonfinite(f"decoded images or log-probs in sampling batch {start // cfg.sample.batch_size + 1}")
             prompts = [self.train_prompts[i] for i in pids[sl]]
             meta = [{"prompt_id": int(i), **self.prompt_metadata[prompts[k]]} for k, i in enumerate(pids[sl])]
             if cfg.reward.asynchronous:
@@ -233,6 +242,12 @@ class Trainer:
                 offset += p.numel()
         t = self.cfg.train
         norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+        if not torch.isfinite(norm):
+            if t.nonfinite == "stop":
+                raise self._nonfinite(f"gradient norm ({float(norm)})", skippable=True)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_steps += 1
+            return float(norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
@@ -240,8 +255,13 @@ class Trainer:
             ema_step_(self.ema, self.trainable_state(), self.optimizer_steps, t.ema_decay, t.ema_update_interval)
         return float(norm)
 
+    def _nonfinite(self, what: str, skippable: bool = False) -> NonFiniteError:
+        return nonfinite_error(what, self.epoch, self.optimizer_steps, list_checkpoints(self.run_dir / "checkpoints"),
+                               self.cfg.learning_rate, skippable)
+
     def run_epoch(self, epoch: int, pool: ThreadPoolExecutor) -> dict[str, float]:
         cfg, acc = self.cfg, self.accelerator
+        self.skipped_steps = 0
         t0 = time.perf_counter()
         with tqdm(total=cfg.sample.num_batches_per_epoch * cfg.sample.num_steps, unit="step", leave=False,
                   desc=f"epoch {epoch + 1}/{cfg.run.epochs} sampling", disable=not self.is_main) as bar:
@@ -258,6 +278,12 @@ class Trainer:
         per_sample = self.algorithm.signal(batch, metrics)[ro.global_idx]  # this process's samples
         ro.latents = ro.latents.to(acc.device)
         metrics |= self.algorithm.update(ro, per_sample.to(acc.device), epoch)
+        if bad := first_nonfinite(self.trainable_state()):
+            raise self._nonfinite(f"weights ({bad})")
+        if not math.isfinite(metrics.get("train/loss", 0.0)) and cfg.train.nonfinite == "stop":
+            raise self._nonfinite(f"loss ({metrics['train/loss']})", skippable=True)
+        if cfg.train.nonfinite == "skip":
+            metrics["train/skipped_steps"] = self.skipped_steps
         t3 = time.perf_counter()
         n_global = len(g_rewards)
         metrics |= {"perf/sample_s": t1 - t0, "perf/reward_s": t2 - t1, "perf/train_s": t3 - t2,
@@ -292,14 +318,31 @@ class Trainer:
     def load(self, path: Path) -> None:
         load_trainer(self, path)
 
+    def _load_latest_intact(self) -> None:
+        """Load the newest checkpoint that passes its hash manifest. A damaged one is renamed
+        `damaged_epoch_N` (kept for inspection, never loaded or pruned) and the previous one used."""
+        ckpts = list_checkpoints(self.run_dir / "checkpoints")
+        for ckpt in reversed(ckpts):
+            try:
+                self.load(ckpt)
+                return
+            except DamagedCheckpoint as e:
+                self.accelerator.wait_for_everyone()
+                if self.is_main:
+                    ckpt.rename(ckpt.with_name(f"damaged_{ckpt.name}"))
+                    print(f"warning: {e}; moved it to damaged_{ckpt.name} and resuming from the checkpoint before it")
+        if ckpts:
+            raise ValueError(f"no intact checkpoint in {self.run_dir / 'checkpoints'} (each was moved aside as "
+                             "damaged_*); resuming again starts the run from epoch 0")
+
     # ------------------------------------------------------------------ the run
     def train(self, resume: bool = False) -> dict:
         cfg, run_dir = self.cfg, self.run_dir
-        if resume and (ckpts := list_checkpoints(run_dir / "checkpoints")):
-            self.load(ckpts[-1])
+        if resume:
+            self._load_latest_intact()
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+            atomic_write_text(run_dir / "config.yaml", run_config_text(cfg))
         log = MetricsLog(run_dir, self.epoch, tensorboard=self.is_main) if self.is_main else None
         before = self._evaluate_once("before")
         try:
@@ -358,11 +401,22 @@ class Trainer:
         cached = path.exists()
         self.accelerator.wait_for_everyone()
         if cached:
-            return json.loads(path.read_text())
+            try:
+                result = json.loads(path.read_text())
+                # an "after" evaluation of fewer epochs is stale: the run was extended since
+                if tag == "before" or result.get("epoch") == self.epoch:
+                    return result
+            except (ValueError, OSError, AttributeError) as e:
+                if tag == "before" and self.epoch > 0:  # the untrained weights are gone: it cannot be redone
+                    raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); it holds the evaluation "
+                                     "before training, which a resumed run cannot redo. Restore it, or start a new run"
+                                     ) from None
+                if self.is_main:
+                    print(f"warning: {path} is damaged ({type(e).__name__}); evaluating again")
         result = {}
         if self.is_main:
             with self.eval_weights():
-                result = evaluate(self, tag)
+                result = evaluate(self, tag) | {"epoch": self.epoch}
             atomic_write_text(path, json.dumps(result, indent=1))
         self.accelerator.wait_for_everyone()
         return result if self.is_main else json.loads(path.read_text())

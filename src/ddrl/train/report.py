@@ -29,7 +29,7 @@ def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: li
     """`before`/`after`: {split: {metric: value}, "per_image": {split: {metric: [...]}}}.
     Writes report.md and report.html; changes of per-image metrics carry their paired s.e."""
     rows = []
-    for split in (s for s in before if s != "per_image"):
+    for split in (s for s in before if s != "per_image" and isinstance(before[s], dict)):
         for k in before[split]:
             b, a = before[split][k], after.get(split, {}).get(k)
             if k == "n":

@@ -1,7 +1,7 @@
 """What a checkpoint holds of a Trainer: the trained weights, the optimizer, the epoch and the
 optimizer-step count (checkpoint.py writes them atomically), the EMA of the trained weights when
-the run keeps one, the exported LoRA, and the algorithm's own state (its `state_dict`: tensors in
-algorithm.safetensors, values in state.json)."""
+the run keeps one, the exported LoRA, the algorithm's own state (its `state_dict`: tensors in
+algorithm.safetensors, values in state.json) and a copy of the run's config.yaml."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import load_checkpoint, load_optimizer, save_checkpoint
 from .export import save_lora
+from .resume import run_config_text
 
 
 def _save_tensors(tensors: dict, name: str):
@@ -20,7 +21,8 @@ def _save_tensors(tensors: dict, name: str):
 
 def save_trainer(tr, epoch: int) -> None:
     if tr.is_main:
-        extra = {}
+        # a copy of the run's config, to name what changed if config.yaml is edited or damaged
+        extra = {"config": lambda d: (d / "config.yaml").write_text(run_config_text(tr.cfg))}
         if tr.cfg.model.lora:
             def lora(d):
                 with tr.eval_weights():

@@ -1,0 +1,111 @@
+"""Resume integrity: a run's config.yaml carries a hash of its content, each checkpoint keeps a
+copy of it, and `--resume` continues a run only with the config it was started with.
+
+A resumed run may change only what leaves its results untouched (RESUME_SAFE): more epochs, and
+the cadence of checkpoints and grids. Anything else, or a config.yaml edited by hand, needs
+`--resume-override` (`resume_override=True`); a damaged or incomplete config.yaml is refused
+with the keys that differ from the last checkpoint's copy, which can be copied back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from ..config import RENAMED, Config, ConfigError, apply_overrides, dump_yaml, flatten
+
+NAME = "config.yaml"
+_HEADER = re.compile(r"^# ddrl run config, sha256 ([0-9a-f]{64})\b.*\n")
+
+# keys a resumed run may change freely (run.epochs only upward); run.output_dir follows the folder
+RESUME_SAFE = ("run.epochs", "run.save_every", "run.keep_checkpoints", "eval.grid_every", "reward.asynchronous",
+               "run.output_dir")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def run_config_text(cfg: Config) -> str:
+    """The resolved config as YAML, under a header line holding the hash of the YAML."""
+    body = dump_yaml(cfg)
+    return f"# ddrl run config, sha256 {_sha256(body)} (resume checks it: change settings with overrides)\n{body}"
+
+
+def _parse(path: Path) -> tuple[dict, str | None, str]:
+    """(flat values, the hash in the header or None, the YAML body), or a ConfigError naming the file."""
+    import yaml
+
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is damaged: not UTF-8 text (byte {e.start})") from None
+    header = _HEADER.match(text)
+    body = text[header.end():] if header else text
+    try:
+        data = yaml.safe_load(body)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is damaged: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} is damaged: expected a mapping of sections (model, sample, train, ...)")
+    return flatten(data), header.group(1) if header else None, body
+
+
+def read_run_config(run_dir: Path, allow_edited: bool = False) -> Config:
+    """The config a run was started with, from its config.yaml, verified: it must hold every key
+    (a file cut short would otherwise fill the rest with defaults) and match its hash unless
+    `allow_edited`. Problems name the keys that differ from the last checkpoint's copy."""
+    path = run_dir / NAME
+    if not path.is_file():
+        raise ConfigError(f"{run_dir}: not a ddrl run folder (no {NAME})")
+    values, digest, body = _parse(path)
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
+    expected = flatten(Config().to_dict())
+    missing = [k for k in expected if k not in values]
+    if missing:
+        raise ConfigError(f"{path} is incomplete (cut short or edited): {len(missing)} keys are missing, e.g. "
+                          f"{', '.join(missing[:4])}{_checkpoint_diff(run_dir, values)}")
+    cfg = apply_overrides(Config(), values)
+    if digest is not None and digest != _sha256(body):
+        if not allow_edited:
+            raise ConfigError(f"{path} was edited or damaged after the run wrote it (its hash does not match)"
+                              f"{_checkpoint_diff(run_dir, values)}. Change settings with overrides on the command "
+                              "line, or accept the edits with --resume-override")
+        print(f"warning: {path} was edited by hand; using it as --resume-override asks"
+              f"{_checkpoint_diff(run_dir, values)}")
+    return cfg
+
+
+def _checkpoint_diff(run_dir: Path, values: dict) -> str:
+    from .checkpoint import list_checkpoints
+
+    ckpts = [c for c in list_checkpoints(run_dir / "checkpoints") if (c / NAME).is_file()]
+    if not ckpts:
+        return ""
+    copy = ckpts[-1] / NAME
+    try:
+        saved, _, _ = _parse(copy)
+    except ConfigError:
+        return ""
+    diff = [f"{k}: {saved[k]!r} in the checkpoint, {values[k]!r} in the file"
+            for k in saved if k in values and values[k] != saved[k]]
+    listed = (f"; keys that differ from the checkpoint's copy: {'; '.join(diff[:6])}"
+              f"{f' and {len(diff) - 6} more' if len(diff) > 6 else ''}") if diff else ""
+    return f"{listed}. The checkpoint's copy is {copy}: copy it to {run_dir / NAME} to resume as the run was"
+
+
+def check_resume(saved: Config, given: Config, override: bool = False) -> list[str]:
+    """The changes of `given` from the run's `saved` config, as 'key: old -> new' lines. Changes
+    outside RESUME_SAFE, or fewer epochs, raise a ConfigError naming them unless `override`."""
+    a, b = flatten(saved.to_dict()), flatten(given.to_dict())
+    changes = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k != "run.output_dir"}
+    unsafe = [k for k in changes if k not in RESUME_SAFE]
+    if given.run.epochs < saved.run.epochs:
+        unsafe.append("run.epochs")
+    if unsafe and not override:
+        listed = "; ".join(f"{k}: {changes[k][0]!r} in the run, {changes[k][1]!r} given" for k in unsafe[:4])
+        raise ConfigError(f"resuming with another config: {listed}. A resumed run may only raise run.epochs and "
+                          f"change {', '.join(k for k in RESUME_SAFE if k not in ('run.epochs', 'run.output_dir'))}; "
+                          "add --resume-override to change the rest anyway")
+    return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()]

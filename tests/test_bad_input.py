@@ -1,0 +1,522 @@
+"""Bad input never passes silently: non-finite and out-of-range numbers, non-finite training
+state, resume integrity, file-system and network errors, unbounded or undecodable inputs, and
+reward data and server requests. One test (or a parametrized family) per class, each on several
+inputs of that class."""
+
+import base64
+import io
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from test_reward_remote import _Serving, _shapes_batch
+from test_train import _final_weights, _rows, tiny_config
+
+from ddrl.cli import main
+from ddrl.config import Config, ConfigError, apply_overrides, flatten, load_yaml
+from ddrl.config_checks import RANGES, validate
+from ddrl.prompts import load_prompt_records
+from ddrl.rewards import RewardError, get_reward
+from ddrl.rewards.spec import parse
+from ddrl.train import train
+from ddrl.train.checkpoint import CheckpointWriteError
+from ddrl.train.finite import NonFiniteError
+from ddrl.train.loop import Trainer
+
+
+def _one_line_error(argv, capsys, code=2) -> str:
+    assert main(argv) == code
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err
+    return err
+
+
+# ------------------------------------------------------------------ 1. numbers
+
+@pytest.mark.parametrize("key, value, message", [
+    ("train.learning_rate", float("inf"), "must be a finite number, got inf"),
+    ("train.learning_rate", float("nan"), "must be a finite number, got nan"),
+    ("train.learning_rate", 0.0, "must be in (0, inf), got 0"),
+    ("sample.guidance_scale", float("nan"), "must be a finite number"),
+    ("sample.guidance_scale", 0.5, "must be 0 or 1 (no guidance) or greater than 1, got 0.5"),
+    ("sample.guidance_scale", -2.0, "must be 0 or 1 (no guidance)"),
+    ("sample.eta", float("nan"), "must be a finite number"),
+    ("train.clip_range", float("inf"), "must be a finite number"),
+    ("train.ema_decay", float("nan"), "must be a finite number"),
+    ("train.adam_beta2", 1.0, "must be in [0, 1), got 1"),
+    ("train.kl_coef", -0.1, "must be in [0, inf)"),
+    ("train.rwr_percentile", float("nan"), "must be a finite number"),
+    ("model.lora_alpha", 0.0, "must be in (0, inf)"),
+    ("run.seed", -1, "must be in [0, 4294967295]"),
+    ("sample.noise_level", float("-inf"), "must be a finite number"),
+])
+def test_every_number_of_the_config_is_finite_and_in_range(key, value, message):
+    with pytest.raises(ConfigError) as info:
+        validate(apply_overrides(Config(), {key: value}))
+    assert str(info.value).startswith(key) and message in str(info.value)
+
+
+def test_every_numeric_config_key_has_a_stated_range_and_yaml_nan_is_caught(tmp_path):
+    numeric = [k for k, v in flatten(Config().to_dict()).items() if not isinstance(v, (str, bool))
+               and k != "sample.guidance_scale"]
+    assert sorted(numeric) == sorted(RANGES)  # None-valued optional numbers included
+    (tmp_path / "c.yaml").write_text("train:\n  learning_rate: .nan\nsample:\n  guidance_scale: .inf\n")
+    with pytest.raises(ConfigError, match="must be a finite number"):
+        validate(apply_overrides(Config(), load_yaml(tmp_path / "c.yaml")))
+
+
+def test_guidance_zero_and_one_both_mean_no_guidance(tiny_sd_folder):
+    from ddrl.models import load_policy
+    from ddrl.models.policy import guided_prediction
+
+    policy = load_policy(str(tiny_sd_folder))
+    x, t = torch.randn(2, *policy.latent_shape, generator=torch.Generator().manual_seed(0)), torch.tensor([500, 500])
+    with torch.no_grad():
+        cond, uncond = policy.encode(["a red circle", "two squares"]), policy.encode([""]).repeat(2)
+        zero, one = (guided_prediction(policy, x, t, cond, uncond, g) for g in (0.0, 1.0))
+        five = guided_prediction(policy, x, t, cond, uncond, 5.0)
+    assert torch.equal(zero, one) and not torch.equal(one, five)
+    validate(apply_overrides(Config(), {"sample.guidance_scale": 0.0}))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--guidance", "nan"], "must be a finite number"),
+    (["sample", "--guidance", "0.5"], "must be 0 or 1 (no guidance)"),
+    (["sample", "--eta", "nan"], "must be a finite number"),
+    (["sample", "--steps", "inf"], "expected an integer"),
+    (["sample", "--seed", "-5"], "must be in [0, 4294967295]"),
+    (["pretrain", "vae", "--minutes", "inf"], "must be a finite number"),
+    (["reward-train", "p.jsonl", "--out", "o", "--lr", "nan"], "must be a finite number"),
+    (["reward-train", "p.jsonl", "--out", "o", "--lr", "0"], "must be in (0, inf)"),
+    (["reward-server", "--reward", "aesthetic", "--port", "70000"], "must be in [0, 65535]"),
+])
+def test_command_line_numbers_are_checked_by_the_same_rules(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("spec", ["nan*jpeg-compressibility", "jpeg-compressibility + inf*aesthetic",
+                                  "remote:http://127.0.0.1:1(timeout=nan)", "-inf*aesthetic"])
+def test_reward_specs_refuse_non_finite_weights_and_options(spec):
+    with pytest.raises(RewardError, match="not a finite number"):
+        parse(spec)
+
+
+# ------------------------------------------------------------------ 2. the finite-state guard
+
+def _trainer(folder, run, **overrides):
+    return Trainer(tiny_config(folder, **{"run.output_dir": str(run)} | overrides), run)
+
+
+def _poison_gradient(tr, at_steps):
+    """Gradients of the first trainable tensor become NaN at the given backward passes (1-based)."""
+    calls = {"n": 0}
+
+    def hook(g):
+        calls["n"] += 1
+        return g * float("nan") if calls["n"] in at_steps else g
+
+    tr.params[0].register_hook(hook)
+
+
+def test_a_non_finite_gradient_stops_the_run_naming_it_and_keeps_the_checkpoint(tiny_sd_folder, tmp_path):
+    tr = _trainer(tiny_sd_folder, tmp_path)
+    _poison_gradient(tr, at_steps={2})
+    with pytest.raises(NonFiniteError, match=r"non-finite gradient norm \(nan\) at epoch 2, after 1 optimizer steps"
+                       r".*epoch_000001, is intact.*train.nonfinite skip"):
+        tr.train()
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_000001"]
+    assert all(torch.isfinite(v).all() for v in _final_weights(tmp_path).values())
+
+
+def test_skip_mode_skips_and_counts_non_finite_steps(tiny_sd_folder, tmp_path):
+    tr = _trainer(tiny_sd_folder, tmp_path, **{"train.nonfinite": "skip"})
+    _poison_gradient(tr, at_steps={1, 3})
+    tr.train()
+    assert [r["train/skipped_steps"] for r in _rows(tmp_path)] == [1.0, 0.0, 1.0]
+    assert tr.optimizer_steps == 1
+    assert all(torch.isfinite(v).all() for v in _final_weights(tmp_path).values())
+
+
+@pytest.mark.parametrize("where", ["weights", "images"])
+def test_non_finite_weights_or_decoded_images_stop_the_run(tiny_sd_folder, tmp_path, where):
+    tr = _trainer(tiny_sd_folder, tmp_path, **{"train.nonfinite": "skip"})  # these cannot be skipped
+    if where == "weights":
+        update = tr.algorithm.update
+
+        def poisoned(*a, **k):
+            out = update(*a, **k)
+            with torch.no_grad():
+                tr.params[-1].view(-1)[0] = float("inf")
+            return out
+        tr.algorithm.update = poisoned
+        match = r"non-finite weights \(.*lora.*\) at epoch 1"
+    else:
+        tr._evaluate_once("before")  # cached: the poisoned decoder is met in training's sampling
+        decode = tr.policy.decode
+        tr.policy.decode = lambda z: decode(z) * float("nan")
+        match = r"non-finite decoded images or log-probs in sampling batch 1 at epoch 1"
+    with pytest.raises(NonFiniteError, match=match):
+        tr.train()
+    assert not (tmp_path / "checkpoints").exists()
+
+
+# ------------------------------------------------------------------ 3. resume integrity
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tiny_sd_folder, tmp_path_factory):
+    run = tmp_path_factory.mktemp("two") / "run"
+    cfg = tiny_config(tiny_sd_folder, **{"run.epochs": 2, "run.output_dir": str(run)})
+    train(cfg, run)
+    return run
+
+
+@pytest.fixture
+def run_copy(two_epoch_run, tmp_path):
+    return shutil.copytree(two_epoch_run, tmp_path / "run")
+
+
+def test_a_truncated_or_edited_config_is_refused_naming_the_keys(run_copy, capsys):
+    text = (run_copy / "config.yaml").read_text()
+    (run_copy / "config.yaml").write_text("".join(text.splitlines(keepends=True)[:40]))  # cut at a line boundary
+    err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
+    assert "is incomplete" in err and "train.ema_decay" in err and "checkpoints/epoch_000002/config.yaml" in err
+    for old, new, key in [("name: jpeg-compressibility", "name: shapes-verifier", "reward.name"),
+                          ("epochs: 2", "epochs: 20", "run.epochs"), ("eta: 1.0", "eta: 0.5", "sample.eta")]:
+        (run_copy / "config.yaml").write_text(text.replace(old, new, 1))
+        err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
+        assert "was edited or damaged" in err and key in err and "--resume-override" in err
+    (run_copy / "config.yaml").write_bytes(b"model:\n  name: \xff\xfe\n")
+    assert "not UTF-8" in _one_line_error(["train", "--resume", str(run_copy)], capsys)
+
+
+def test_resume_allows_only_safe_changes_unless_overridden(run_copy, capsys):
+    for args, key in [(["--run.epochs", "1"], "run.epochs: 2 in the run, 1 given"),
+                      (["--train.learning-rate", "1e-3"], "train.learning_rate"),
+                      (["--reward.name", "jpeg-incompressibility"], "reward.name")]:
+        err = _one_line_error(["train", "--resume", str(run_copy), *args], capsys)
+        assert "resuming with another config" in err and key in err
+    assert (run_copy / "config.yaml").read_text().count("epochs: 2") == 1  # untouched
+    # safe keys: more epochs, another grid and checkpoint cadence
+    assert main(["train", "--resume", str(run_copy), "--run.epochs", "3", "--eval.grid-every", "1",
+                 "--run.keep-checkpoints", "3"]) == 0
+    assert "run.epochs: 2 -> 3" in capsys.readouterr().out
+    after = json.loads((run_copy / "eval_after.json").read_text())
+    assert after["epoch"] == 3  # the extended run is evaluated again, not the cached epoch-2 result
+    assert main(["train", "--resume", str(run_copy), "--run.epochs", "4", "--train.learning-rate", "1e-3",
+                 "--resume-override"]) == 0
+    assert "train.learning_rate: None -> 0.001" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("damage", ["flip a byte", "delete the optimizer", "truncate state.json"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(run_copy, tiny_sd_folder, tmp_path, damage,
+                                                                    capsys):
+    latest = run_copy / "checkpoints" / "epoch_000002"
+    if damage == "flip a byte":
+        data = bytearray((latest / "trainable.safetensors").read_bytes())
+        data[-3] ^= 0x10
+        (latest / "trainable.safetensors").write_bytes(bytes(data))
+    elif damage == "delete the optimizer":
+        (latest / "optimizer.safetensors").unlink()
+    else:
+        (latest / "state.json").write_text((latest / "state.json").read_text()[:30])
+    assert main(["train", "--resume", str(run_copy), "--run.epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch_000002 is damaged" in out and "resuming from the checkpoint before it" in out
+    assert (run_copy / "checkpoints" / "damaged_epoch_000002").is_dir()
+    ref = tmp_path / "ref"  # the same three epochs, never interrupted
+    train(tiny_config(tiny_sd_folder, **{"run.epochs": 3, "run.output_dir": str(ref)}), ref)
+    assert _rows(run_copy) == _rows(ref)
+    want, got = _final_weights(ref), _final_weights(run_copy)
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_a_damaged_evaluation_cache_names_the_file(run_copy, capsys):
+    (run_copy / "eval_before.json").write_text('{"heldout": {"rew')
+    err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
+    assert "eval_before.json is damaged" in err and "cannot redo" in err
+
+
+# ------------------------------------------------------------------ 4. file-system and network errors
+
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
+    (tmp_path / "a_dir.png").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["sample", "--out", str(tmp_path / "a_dir.png")], "is a folder"),
+        (["sample", "--out", str(tmp_path / "a_file" / "grid.png")], "is a file, not a folder"),
+        (["evaluate", "--json", str(tmp_path)], "is a folder"),
+        (["train", "--run.output-dir", str(tmp_path / "a_file")], "is a file, not a folder"),
+        (["reward-pairs", "--out", str(tmp_path / "a_file")], "is a file, not a folder"),
+        (["pretrain", "vae", "--work-dir", str(tmp_path / "a_file" / "w")], "is a file, not a folder"),
+    ]
+    for argv, message in cases:
+        t0 = time.perf_counter()
+        err = _one_line_error(argv, capsys)
+        assert message in err and time.perf_counter() - t0 < 5, (argv, err)  # before any model is loaded
+    assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_reward_train_refuses_an_existing_model_before_training(tmp_path, capsys):
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "reward_model.json").write_text("{}")
+    err = _one_line_error(["reward-train", str(tmp_path / "pairs.jsonl"), "--out", str(out)], capsys)
+    assert "already holds a reward model" in err
+
+
+def test_ports_and_hosts_are_checked_at_startup(capsys):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        for args, message in [(["--port", str(port)], f"port {port} is in use"),
+                              (["--host", "no-such-host.invalid"], "not an address or a known host name"),
+                              (["--host", "192.0.2.77"], "not an address of this machine")]:
+            err = _one_line_error(["reward-server", "--reward", "jpeg-compressibility", *args], capsys)
+            assert message in err
+    finally:
+        busy.close()
+
+
+def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tiny_sd_folder, tmp_path, monkeypatch):
+    import ddrl.train.checkpoint as ckpt
+
+    real, calls = ckpt.save_file, {"n": 0}
+
+    def disk_full(tensors, path, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the second checkpoint's first file
+            with open(path, "wb") as f:
+                f.write(b"half")
+            raise OSError(28, "No space left on device")
+        return real(tensors, path, **kw)
+
+    monkeypatch.setattr(ckpt, "save_file", disk_full)
+    cfg = tiny_config(tiny_sd_folder, **{"run.output_dir": str(tmp_path)})
+    with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint .*epoch_000002.*No space left"
+                       r".*the previous checkpoint, .*epoch_000001, is intact"):
+        train(cfg, tmp_path)
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_000001"]  # no temporary folder
+    monkeypatch.setattr(ckpt, "save_file", real)
+    train(cfg, tmp_path, resume=True)
+    assert [r["epoch"] for r in _rows(tmp_path)] == [0, 1, 2]
+
+
+def test_a_real_file_size_limit_is_one_line_and_leaves_no_partial_checkpoint(tiny_sd_folder, tmp_path):
+    """RLIMIT_FSIZE makes writes past a size fail with EFBIG, as a full disk fails them."""
+    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000)); from ddrl.cli import main; "
+            "sys.exit(main(sys.argv[1:]))")
+    run = tmp_path / "run"
+    args = ["train", "--model.name", str(tiny_sd_folder), "--reward.name", "jpeg-compressibility",
+            "--sample.num-steps", "2", "--sample.batch-size", "2", "--sample.num-batches-per-epoch", "1",
+            "--train.batch-size", "2", "--sample.images-per-prompt", "2", "--run.epochs", "1",
+            "--eval.max-prompts", "1", "--eval.grid-every", "0",
+            "--eval.images-per-prompt", "1", "--eval.train-images-per-prompt", "0", "--run.output-dir", str(run)]
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 1 and "could not write checkpoint" in err[-1] and "File too large" in err[-1], err[-3:]
+    assert "Traceback" not in out.stderr
+    assert not list((run / "checkpoints").iterdir())
+
+
+def test_ctrl_c_saves_and_exits_130(tiny_sd_folder, tmp_path):
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(tiny_sd_folder),
+            "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
+            "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", "50",
+            "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while not (run / "checkpoints" / "epoch_000001").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out[-1000:]
+    assert "checkpoint saved" in out
+    assert len(list((run / "checkpoints").iterdir())) >= 1
+
+
+# ------------------------------------------------------------------ 5. bounded and decodable inputs
+
+def test_prompts_longer_than_the_text_encoder_reads_are_refused(tiny_sd_folder, tmp_path, capsys):
+    (tmp_path / "long.txt").write_text("a red circle\n" + " ".join(["circle"] * 30) + "\n")
+    cfg = tiny_config(tiny_sd_folder, **{"prompts.source": f"file:{tmp_path / 'long.txt'}"})
+    with pytest.raises(ValueError, match=r"prompts.source file:.*long.txt: prompt 2 \('circle circle.*'\) is 32 "
+                       r"tokens; the text encoder reads at most 16"):
+        Trainer(cfg, tmp_path / "run")
+    (tmp_path / "huge.txt").write_text("x" * 10_000_000)
+    err = _one_line_error(["sample", "--model", str(tiny_sd_folder), "--prompt-file", str(tmp_path / "huge.txt"),
+                           "--out", str(tmp_path / "g.png")], capsys)
+    assert "has 10000000 characters" in err
+    err = _one_line_error(["sample", "--model", str(tiny_sd_folder), "--prompt", "a " * 20,
+                           "--out", str(tmp_path / "g.png")], capsys)
+    assert "--prompt: prompt 1" in err and "tokens" in err
+    assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"prompt": null}', r'"prompt" must be non-empty text, got None'),
+    ('{"prompt": "   "}', r'"prompt" must be non-empty text'),
+    ('{"prompt": 42}', r'"prompt" must be non-empty text, got 42'),
+    ('{"task": "ocr"}', r'"prompt" must be non-empty text, got None'),
+    ('["a red circle"]', r'"prompt" must be non-empty text'),
+    ('{"prompt": "a red', "not JSON"),
+])
+def test_jsonl_prompts_must_be_non_empty_text(tmp_path, line, message):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a red circle"}\n\n' + line + "\n")
+    with pytest.raises(ValueError, match=r"p.jsonl:3: " + message):
+        load_prompt_records(f"file:{tmp_path / 'p.jsonl'}")
+
+
+def test_undecodable_files_name_the_file_and_line(tmp_path, capsys):
+    bad = b"a red circle\ntwo squares\n\xff\xfe oops\n"
+    for name in ("p.txt", "p.jsonl"):
+        (tmp_path / name).write_bytes(bad)
+        with pytest.raises(ValueError, match=rf"{name}:3: not UTF-8"):
+            load_prompt_records(f"file:{tmp_path / name}")
+    (tmp_path / "c.yaml").write_bytes(b"train:\n  algorithm: ddpo-is\n  \xe9\n")
+    assert "c.yaml:3: not UTF-8" in _one_line_error(["train", str(tmp_path / "c.yaml")], capsys)
+    err = _one_line_error(["sample", "--prompt-file", str(tmp_path / "p.txt"), "--out", str(tmp_path / "g.png")],
+                          capsys)
+    assert "p.txt:3: not UTF-8" in err
+
+
+# ------------------------------------------------------------------ 6. reward data and server
+
+def _pairs_folder(tmp_path, rows):
+    from PIL import Image
+
+    for name, colour in [("a.png", (255, 0, 0)), ("b.png", (0, 0, 255)), ("a_copy.png", (255, 0, 0))]:
+        Image.new("RGB", (16, 16), colour).save(tmp_path / name)
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "pairs.jsonl"
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "a circle", "chosen": "a.png", "rejected": "b.png", "label": 0}, "unknown field(s) 'label'"),
+    ({"prompt": "a circle", "chosen": "a.png", "rejected": "b.png", "chosen_score": 1}, "unknown field(s)"),
+    ({"prompt": None, "chosen": "a.png", "rejected": "b.png"}, "prompt must be non-empty text, got None"),
+    ({"prompt": "a circle", "chosen": "a.png", "rejected": ""}, "rejected must be non-empty text"),
+    ({"prompt": "a circle", "chosen": "a.png", "rejected": "gone.png"}, "no image at"),
+])
+def test_reward_train_refuses_bad_rows_with_their_line(tmp_path, row, message):
+    from ddrl.rewards.learned import read_pairs
+
+    good = {"prompt": "a circle", "chosen": "a.png", "rejected": "b.png"}
+    with pytest.raises(RewardError, match=r"pairs.jsonl:2: " + re.escape(message)):
+        read_pairs(_pairs_folder(tmp_path, [good, row]))
+
+
+def test_reward_train_drops_and_reports_identical_pairs(tmp_path, capsys):
+    from ddrl.rewards.learned import TextFeatures, _Indexed, read_pairs
+
+    rows = [{"prompt": "a circle", "chosen": "a.png", "rejected": "b.png", "margin": 0.3},
+            {"prompt": "a circle", "chosen": "a.png", "rejected": "a.png"},  # the same file
+            {"prompt": "a circle", "chosen": "a_copy.png", "rejected": "a.png"}]  # the same pixels
+    pairs = read_pairs(_pairs_folder(tmp_path, rows))
+    data = _Indexed(pairs, TextFeatures("shapes-sd"))
+    assert len(data) == 1 and [d.rsplit(":", 1)[1] for d in data.dropped] == ["2", "3"]
+    with pytest.raises(RewardError, match="every pair has identical chosen and rejected images"):
+        _Indexed(pairs[1:], TextFeatures("shapes-sd"))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    rows[0]["rejected"] = "broken.png"
+    with pytest.raises(RewardError, match="cannot read the image .*broken.png"):
+        _Indexed(read_pairs(_pairs_folder(tmp_path, rows[:1])), TextFeatures("shapes-sd"))
+
+
+def _post(url, body, kind):
+    req = urllib.request.Request(url + "/score", data=body, method="POST", headers={"Content-Type": kind})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def _npz(compressed=False, **arrays) -> bytes:
+    buf = io.BytesIO()
+    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
+    return buf.getvalue()
+
+
+def _png_json(*images) -> bytes:
+    encoded = []
+    for im in images:
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        encoded.append(base64.b64encode(buf.getvalue()).decode())
+    return json.dumps({"images": encoded, "prompts": ["a"] * len(images)}).encode()
+
+
+def test_the_server_answers_every_client_problem_with_a_4xx_and_the_client_does_not_retry():
+    from PIL import Image
+
+    images, prompts = _shapes_batch(2)
+    nan, inf = images.numpy().copy(), images.numpy().copy()
+    nan[1, 0, 3, 3], inf[0, 2, 0, 0] = np.nan, np.inf
+    truncated = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(truncated, format="PNG")
+    npz, js = "application/x-npz", "application/json"
+    cases = [
+        (_npz(images=nan, prompts=np.array(prompts)), npz, 400, "non-finite"),
+        (_npz(images=inf, prompts=np.array(prompts)), npz, 400, "non-finite"),
+        (_npz(images=(images.numpy() * 65535).astype(np.uint16), prompts=np.array(prompts)), npz, 400, "uint16"),
+        (_npz(compressed=True, images=np.zeros((1, 3, 2048, 2048)), prompts=np.array(["a"])), npz, 413,
+         "decompress"),
+        (_png_json(Image.new("I;16", (8, 8))), js, 400, "mode 'I;16'"),
+        (_png_json(Image.new("RGB", (3000, 3000))), js, 413, "pixels"),
+        (json.dumps({"images": [base64.b64encode(truncated.getvalue()[:-40]).decode()],
+                     "prompts": ["a"]}).encode(), js, 400, "could not be decoded"),
+        (json.dumps({"images": "abc", "prompts": ["a"]}).encode(), js, 400, "list of base64"),
+    ]
+    calls = {"n": 0}
+    jpeg = get_reward("jpeg-compressibility")
+
+    class Counting:
+        name, differentiable, device = "counting", False, "cpu"
+
+        def __call__(self, *a):
+            calls["n"] += 1
+            return jpeg(*a)
+
+    with _Serving(Counting(), max_pixels=4_000_000) as srv:
+        for body, kind, status, message in cases:
+            got, answer = _post(srv.url, body, kind)
+            assert got == status and message in answer["error"], (status, answer)
+        assert calls["n"] == 0  # nothing reached the reward
+        requests = {"n": 0}
+        handle = srv.RequestHandlerClass.do_POST
+
+        def counted(self):
+            requests["n"] += 1
+            return handle(self)
+        srv.RequestHandlerClass.do_POST = counted
+        try:
+            remote = get_reward(f"remote:{srv.url}(retries=3, backoff=0.01)")
+            with pytest.raises(RewardError, match="HTTP 400.*non-finite"):
+                remote(torch.from_numpy(nan), prompts, [{}, {}])
+            assert requests["n"] == 1  # a 4xx is not retried
+        finally:
+            srv.RequestHandlerClass.do_POST = handle
+
+
+def test_score_refuses_non_finite_images_locally():
+    images, prompts = _shapes_batch(2)
+    images[0, 1, 2, 2] = float("nan")
+    from ddrl.rewards import score
+    with pytest.raises(RewardError, match=r"images at batch positions \[0\] hold non-finite values"):
+        score(get_reward("jpeg-compressibility"), images, prompts)
