@@ -1,17 +1,13 @@
-"""Bad input never passes silently: non-finite and out-of-range numbers, non-finite training
-state, resume integrity, file-system and network errors, unbounded or undecodable inputs, and
-reward data and server requests. One test (or a parametrized family) per class, each on several
-inputs of that class."""
+"""Bad input never passes silently: non-finite and out-of-range numbers, paths and ports that
+cannot be used, unbounded or undecodable inputs, and bad reward data or server requests, each a
+clear error before any work. One test (or a parametrized family) per class, each on several inputs
+of that class. The state of a training run is covered by test_run_integrity.py."""
 
 import base64
 import io
 import json
 import re
-import shutil
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -20,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 from test_reward_remote import _Serving, _shapes_batch
-from test_train import _final_weights, _rows, tiny_config
+from test_train import tiny_config
 
 from ddrl.cli import main
 from ddrl.config import Config, ConfigError, apply_overrides, flatten, load_yaml
@@ -28,9 +24,6 @@ from ddrl.config_checks import RANGES, validate
 from ddrl.prompts import load_prompt_records
 from ddrl.rewards import RewardError, get_reward
 from ddrl.rewards.spec import parse
-from ddrl.train import train
-from ddrl.train.checkpoint import CheckpointWriteError
-from ddrl.train.finite import NonFiniteError
 from ddrl.train.loop import Trainer
 
 
@@ -113,142 +106,7 @@ def test_reward_specs_refuse_non_finite_weights_and_options(spec):
         parse(spec)
 
 
-# ------------------------------------------------------------------ 2. the finite-state guard
-
-def _trainer(folder, run, **overrides):
-    return Trainer(tiny_config(folder, **{"run.output_dir": str(run)} | overrides), run)
-
-
-def _poison_gradient(tr, at_steps):
-    """Gradients of the first trainable tensor become NaN at the given backward passes (1-based)."""
-    calls = {"n": 0}
-
-    def hook(g):
-        calls["n"] += 1
-        return g * float("nan") if calls["n"] in at_steps else g
-
-    tr.params[0].register_hook(hook)
-
-
-def test_a_non_finite_gradient_stops_the_run_naming_it_and_keeps_the_checkpoint(tiny_sd_folder, tmp_path):
-    tr = _trainer(tiny_sd_folder, tmp_path)
-    _poison_gradient(tr, at_steps={2})
-    with pytest.raises(NonFiniteError, match=r"non-finite gradient norm \(nan\) at epoch 2, after 1 optimizer steps"
-                       r".*epoch_000001, is intact.*train.nonfinite skip"):
-        tr.train()
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_000001"]
-    assert all(torch.isfinite(v).all() for v in _final_weights(tmp_path).values())
-
-
-def test_skip_mode_skips_and_counts_non_finite_steps(tiny_sd_folder, tmp_path):
-    tr = _trainer(tiny_sd_folder, tmp_path, **{"train.nonfinite": "skip"})
-    _poison_gradient(tr, at_steps={1, 3})
-    tr.train()
-    assert [r["train/skipped_steps"] for r in _rows(tmp_path)] == [1.0, 0.0, 1.0]
-    assert tr.optimizer_steps == 1
-    assert all(torch.isfinite(v).all() for v in _final_weights(tmp_path).values())
-
-
-@pytest.mark.parametrize("where", ["weights", "images"])
-def test_non_finite_weights_or_decoded_images_stop_the_run(tiny_sd_folder, tmp_path, where):
-    tr = _trainer(tiny_sd_folder, tmp_path, **{"train.nonfinite": "skip"})  # these cannot be skipped
-    if where == "weights":
-        update = tr.algorithm.update
-
-        def poisoned(*a, **k):
-            out = update(*a, **k)
-            with torch.no_grad():
-                tr.params[-1].view(-1)[0] = float("inf")
-            return out
-        tr.algorithm.update = poisoned
-        match = r"non-finite weights \(.*lora.*\) at epoch 1"
-    else:
-        tr._evaluate_once("before")  # cached: the poisoned decoder is met in training's sampling
-        decode = tr.policy.decode
-        tr.policy.decode = lambda z: decode(z) * float("nan")
-        match = r"non-finite decoded images or log-probs in sampling batch 1 at epoch 1"
-    with pytest.raises(NonFiniteError, match=match):
-        tr.train()
-    assert not (tmp_path / "checkpoints").exists()
-
-
-# ------------------------------------------------------------------ 3. resume integrity
-
-@pytest.fixture(scope="module")
-def two_epoch_run(tiny_sd_folder, tmp_path_factory):
-    run = tmp_path_factory.mktemp("two") / "run"
-    cfg = tiny_config(tiny_sd_folder, **{"run.epochs": 2, "run.output_dir": str(run)})
-    train(cfg, run)
-    return run
-
-
-@pytest.fixture
-def run_copy(two_epoch_run, tmp_path):
-    return shutil.copytree(two_epoch_run, tmp_path / "run")
-
-
-def test_a_truncated_or_edited_config_is_refused_naming_the_keys(run_copy, capsys):
-    text = (run_copy / "config.yaml").read_text()
-    (run_copy / "config.yaml").write_text("".join(text.splitlines(keepends=True)[:40]))  # cut at a line boundary
-    err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
-    assert "is incomplete" in err and "train.ema_decay" in err and "checkpoints/epoch_000002/config.yaml" in err
-    for old, new, key in [("name: jpeg-compressibility", "name: shapes-verifier", "reward.name"),
-                          ("epochs: 2", "epochs: 20", "run.epochs"), ("eta: 1.0", "eta: 0.5", "sample.eta")]:
-        (run_copy / "config.yaml").write_text(text.replace(old, new, 1))
-        err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
-        assert "was edited or damaged" in err and key in err and "--resume-override" in err
-    (run_copy / "config.yaml").write_bytes(b"model:\n  name: \xff\xfe\n")
-    assert "not UTF-8" in _one_line_error(["train", "--resume", str(run_copy)], capsys)
-
-
-def test_resume_allows_only_safe_changes_unless_overridden(run_copy, capsys):
-    for args, key in [(["--run.epochs", "1"], "run.epochs: 2 in the run, 1 given"),
-                      (["--train.learning-rate", "1e-3"], "train.learning_rate"),
-                      (["--reward.name", "jpeg-incompressibility"], "reward.name")]:
-        err = _one_line_error(["train", "--resume", str(run_copy), *args], capsys)
-        assert "resuming with another config" in err and key in err
-    assert (run_copy / "config.yaml").read_text().count("epochs: 2") == 1  # untouched
-    # safe keys: more epochs, another grid and checkpoint cadence
-    assert main(["train", "--resume", str(run_copy), "--run.epochs", "3", "--eval.grid-every", "1",
-                 "--run.keep-checkpoints", "3"]) == 0
-    assert "run.epochs: 2 -> 3" in capsys.readouterr().out
-    after = json.loads((run_copy / "eval_after.json").read_text())
-    assert after["epoch"] == 3  # the extended run is evaluated again, not the cached epoch-2 result
-    assert main(["train", "--resume", str(run_copy), "--run.epochs", "4", "--train.learning-rate", "1e-3",
-                 "--resume-override"]) == 0
-    assert "train.learning_rate: None -> 0.001" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("damage", ["flip a byte", "delete the optimizer", "truncate state.json"])
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_one(run_copy, tiny_sd_folder, tmp_path, damage,
-                                                                    capsys):
-    latest = run_copy / "checkpoints" / "epoch_000002"
-    if damage == "flip a byte":
-        data = bytearray((latest / "trainable.safetensors").read_bytes())
-        data[-3] ^= 0x10
-        (latest / "trainable.safetensors").write_bytes(bytes(data))
-    elif damage == "delete the optimizer":
-        (latest / "optimizer.safetensors").unlink()
-    else:
-        (latest / "state.json").write_text((latest / "state.json").read_text()[:30])
-    assert main(["train", "--resume", str(run_copy), "--run.epochs", "3"]) == 0
-    out = capsys.readouterr().out
-    assert "epoch_000002 is damaged" in out and "resuming from the checkpoint before it" in out
-    assert (run_copy / "checkpoints" / "damaged_epoch_000002").is_dir()
-    ref = tmp_path / "ref"  # the same three epochs, never interrupted
-    train(tiny_config(tiny_sd_folder, **{"run.epochs": 3, "run.output_dir": str(ref)}), ref)
-    assert _rows(run_copy) == _rows(ref)
-    want, got = _final_weights(ref), _final_weights(run_copy)
-    assert all(torch.equal(want[k], got[k]) for k in want)
-
-
-def test_a_damaged_evaluation_cache_names_the_file(run_copy, capsys):
-    (run_copy / "eval_before.json").write_text('{"heldout": {"rew')
-    err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
-    assert "eval_before.json is damaged" in err and "cannot redo" in err
-
-
-# ------------------------------------------------------------------ 4. file-system and network errors
+# ------------------------------------------------------------------ 2. file-system and network errors
 
 def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
     (tmp_path / "a_dir.png").mkdir()
@@ -291,66 +149,7 @@ def test_ports_and_hosts_are_checked_at_startup(capsys):
         busy.close()
 
 
-def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tiny_sd_folder, tmp_path, monkeypatch):
-    import ddrl.train.checkpoint as ckpt
-
-    real, calls = ckpt.save_file, {"n": 0}
-
-    def disk_full(tensors, path, **kw):
-        calls["n"] += 1
-        if calls["n"] == 3:  # the second checkpoint's first file
-            with open(path, "wb") as f:
-                f.write(b"half")
-            raise OSError(28, "No space left on device")
-        return real(tensors, path, **kw)
-
-    monkeypatch.setattr(ckpt, "save_file", disk_full)
-    cfg = tiny_config(tiny_sd_folder, **{"run.output_dir": str(tmp_path)})
-    with pytest.raises(CheckpointWriteError, match=r"could not write checkpoint .*epoch_000002.*No space left"
-                       r".*the previous checkpoint, .*epoch_000001, is intact"):
-        train(cfg, tmp_path)
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_000001"]  # no temporary folder
-    monkeypatch.setattr(ckpt, "save_file", real)
-    train(cfg, tmp_path, resume=True)
-    assert [r["epoch"] for r in _rows(tmp_path)] == [0, 1, 2]
-
-
-def test_a_real_file_size_limit_is_one_line_and_leaves_no_partial_checkpoint(tiny_sd_folder, tmp_path):
-    """RLIMIT_FSIZE makes writes past a size fail with EFBIG, as a full disk fails them."""
-    code = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000)); from ddrl.cli import main; "
-            "sys.exit(main(sys.argv[1:]))")
-    run = tmp_path / "run"
-    args = ["train", "--model.name", str(tiny_sd_folder), "--reward.name", "jpeg-compressibility",
-            "--sample.num-steps", "2", "--sample.batch-size", "2", "--sample.num-batches-per-epoch", "1",
-            "--train.batch-size", "2", "--sample.images-per-prompt", "2", "--run.epochs", "1",
-            "--eval.max-prompts", "1", "--eval.grid-every", "0",
-            "--eval.images-per-prompt", "1", "--eval.train-images-per-prompt", "0", "--run.output-dir", str(run)]
-    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
-    err = out.stderr.strip().splitlines()
-    assert out.returncode == 1 and "could not write checkpoint" in err[-1] and "File too large" in err[-1], err[-3:]
-    assert "Traceback" not in out.stderr
-    assert not list((run / "checkpoints").iterdir())
-
-
-def test_ctrl_c_saves_and_exits_130(tiny_sd_folder, tmp_path):
-    run = tmp_path / "run"
-    args = [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(tiny_sd_folder),
-            "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
-            "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", "50",
-            "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while not (run / "checkpoints" / "epoch_000001").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, out[-1000:]
-    assert "checkpoint saved" in out
-    assert len(list((run / "checkpoints").iterdir())) >= 1
-
-
-# ------------------------------------------------------------------ 5. bounded and decodable inputs
+# ------------------------------------------------------------------ 3. bounded and decodable inputs
 
 def test_prompts_longer_than_the_text_encoder_reads_are_refused(tiny_sd_folder, tmp_path, capsys):
     (tmp_path / "long.txt").write_text("a red circle\n" + " ".join(["circle"] * 30) + "\n")
@@ -395,7 +194,7 @@ def test_undecodable_files_name_the_file_and_line(tmp_path, capsys):
     assert "p.txt:3: not UTF-8" in err
 
 
-# ------------------------------------------------------------------ 6. reward data and server
+# ------------------------------------------------------------------ 4. reward data and server
 
 def _pairs_folder(tmp_path, rows):
     from PIL import Image

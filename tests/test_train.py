@@ -88,7 +88,7 @@ def test_a_run_leaves_metrics_checkpoints_lora_grids_and_a_report(uninterrupted)
     for f in ("report.md", "report.html", "reward_curve.png", "grids/before.png", "grids/after.png",
               "lora/pytorch_lora_weights.safetensors"):
         assert (run / f).is_file(), f
-    assert set(result["before"]) == {"heldout", "train", "per_image"}
+    assert set(result["before"]) == {"heldout", "train", "per_image", "epoch"}
     n = result["before"]["heldout"]["n"]
     assert len(result["before"]["per_image"]["heldout"]["reward"]) == n
     per_image_mean = sum(result["after"]["per_image"]["heldout"]["reward"]) / n
