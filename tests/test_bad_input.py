@@ -6,6 +6,7 @@ of that class. The state of a training run is covered by test_run_integrity.py."
 import base64
 import io
 import json
+import os
 import re
 import socket
 import time
@@ -124,6 +125,20 @@ def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
         err = _one_line_error(argv, capsys)
         assert message in err and time.perf_counter() - t0 < 5, (argv, err)  # before any model is loaded
     assert not list(tmp_path.rglob(".*tmp*"))
+
+
+def test_os_errors_are_one_line_naming_the_path_and_the_fix():
+    import errno
+
+    from ddrl.cli import os_error_message
+
+    cases = [(errno.ENOSPC, "/runs/x/metrics.jsonl", "free some disk space"),
+             (errno.EACCES, "/runs/x", "check the permissions"),
+             (errno.EROFS, "/mnt/ro/run", "read-only"), (errno.ENOTDIR, "/a/file/b", "a parent of the path is a file")]
+    for code, path, fix in cases:
+        message = os_error_message(OSError(code, os.strerror(code), path))
+        assert message.startswith(f"{os.strerror(code)} ({path}): ") and fix in message
+    assert os_error_message(OSError("could not write checkpoint X; the previous one is intact")).startswith("could")
 
 
 def test_reward_train_refuses_an_existing_model_before_training(tmp_path, capsys):

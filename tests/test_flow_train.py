@@ -12,6 +12,7 @@ from ddrl.config import Config, ConfigError, apply_overrides
 from ddrl.config_checks import algorithm_class, validate
 from ddrl.models.policy import ModelError
 from ddrl.train.loop import Trainer
+from ddrl.train.state import load_latest_intact
 
 
 def trained_steps(cfg) -> int:
@@ -125,7 +126,7 @@ def test_pref_grpo_trains_on_a_pairwise_vlm_judges_win_rates(tiny_sd3_folder, ti
 def _lora_reproduces_the_trained_denoiser(folder, run_dir, cfg, pipeline_cls):
     """The exported LoRA, loaded by diffusers into a fresh pipeline, gives the trained model's output."""
     tr = Trainer(cfg, run_dir)
-    tr.load(sorted((run_dir / "checkpoints").glob("epoch_*"))[-1])
+    load_latest_intact(tr)
     pipe = pipeline_cls.from_pretrained(folder)
     pipe.load_lora_weights(str(run_dir / "lora"))
     x = torch.randn(2, *tr.policy.latent_shape, generator=torch.Generator().manual_seed(0))

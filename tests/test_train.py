@@ -19,6 +19,7 @@ from ddrl.config_checks import validate
 from ddrl.rewards import REWARDS, RewardError, RewardOutput, RewardSpec
 from ddrl.train import train
 from ddrl.train.loop import Trainer
+from ddrl.train.state import load_latest_intact
 
 
 def tiny_config(folder, **overrides) -> Config:
@@ -102,7 +103,7 @@ def test_lora_loads_into_the_diffusers_pipeline_and_reproduces_the_trained_unet(
 
     cfg, run, _ = uninterrupted
     tr = Trainer(cfg, run)
-    tr.load(sorted((run / "checkpoints").glob("epoch_*"))[-1])
+    load_latest_intact(tr)
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
     pipe.load_lora_weights(str(run / "lora"))
     g = torch.Generator().manual_seed(0)

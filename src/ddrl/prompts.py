@@ -51,3 +51,8 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
 
 def load_prompts(source: str) -> list[str]:
     return [p for p, _ in load_prompt_records(source)]
+
+
+def shown(prompt: str, limit: int = 60) -> str:
+    """A prompt quoted for an error message, cut to `limit` characters (prompts may be huge)."""
+    return repr(prompt if len(prompt) <= limit else prompt[:limit] + "...")

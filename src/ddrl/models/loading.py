@@ -9,6 +9,7 @@ from typing import Sequence
 
 import torch
 
+from ..prompts import shown
 from .policy import ModelError, Policy
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -70,8 +71,8 @@ def vocabulary_check(vocab: Sequence[str]):
         for p in prompts:
             unknown = sorted({w for w in p.lower().replace(".", " ").split() if w not in known})
             if unknown:
-                raise ModelError(f"prompt {p!r} has words outside the model's vocabulary: "
-                                 f"{unknown}; accepted words: {' '.join(sorted(known))}")
+                raise ModelError(f"prompt {shown(p)} has words outside the model's vocabulary: "
+                                 f"{unknown[:10]}; accepted words: {' '.join(sorted(known))}")
 
     return check
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from ..prompts import shown
+
 CHARS_PER_TOKEN_LIMIT = 50  # a prompt this many characters per allowed token is refused unread
 
 
@@ -27,11 +29,10 @@ def check_prompt_lengths(policy, prompts: Sequence[str], source: str) -> None:
     reads."""
     tok, limit = prompt_reader(policy)
     for i, p in enumerate(prompts):
-        shown = repr(p[:60] + ("..." if len(p) > 60 else ""))
         if len(p) > CHARS_PER_TOKEN_LIMIT * limit:
-            raise ValueError(f"{source}: prompt {i + 1} ({shown}) has {len(p)} characters; the text encoder "
+            raise ValueError(f"{source}: prompt {i + 1} ({shown(p)}) has {len(p)} characters; the text encoder "
                              f"reads at most {limit} tokens")
         n = len(tok(p, truncation=False).input_ids)
         if n > limit:
-            raise ValueError(f"{source}: prompt {i + 1} ({shown}) is {n} tokens; the text encoder reads at most "
+            raise ValueError(f"{source}: prompt {i + 1} ({shown(p)}) is {n} tokens; the text encoder reads at most "
                              f"{limit} (the rest would be cut off while the reward reads it all). Shorten it")

@@ -8,12 +8,13 @@ reports the verifier's GenEval-style accuracy per category.
 from __future__ import annotations
 
 import itertools
+import json
 from pathlib import Path
 
 from ..evaluate import score_images
 from ..generate import generate
 from ..grid import image_grid
-from ..io import atomic_write
+from ..io import atomic_write, atomic_write_text
 from ..rewards import score
 
 EVAL_SEED = 1_000_000
@@ -81,3 +82,34 @@ def _save_grid(tr, name: str, images, prompts, rewards, correct) -> Path:
     captions = [f"{p} ({float(r):.2f})" for p, r in zip(prompts, rewards)]
     grid = image_grid(images, captions, correct=correct)
     return atomic_write(tr.run_dir / "grids" / f"{name}.png", grid.save)
+
+
+def evaluate_once(tr, tag: str) -> dict:
+    """Held-out and training-prompt evaluation with fixed seeds, cached in the run folder so
+    a resumed run does not repeat it."""
+    path = tr.run_dir / f"eval_{tag}.json"
+    # Every process looks before the main one can write, so all take the same branch (a
+    # process that saw the file and skipped the barrier below would deadlock the others).
+    tr.accelerator.wait_for_everyone()
+    cached = path.exists()
+    tr.accelerator.wait_for_everyone()
+    if cached:
+        try:
+            result = json.loads(path.read_text())
+            # an "after" evaluation of fewer epochs is stale: the run was extended since
+            if tag == "before" or result.get("epoch") == tr.epoch:
+                return result
+        except (ValueError, OSError, AttributeError) as e:
+            if tag == "before" and tr.epoch > 0:  # the untrained weights are gone: it cannot be redone
+                raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); it holds the evaluation "
+                                 "before training, which a resumed run cannot redo. Restore it, or start a new run"
+                                 ) from None
+            if tr.is_main:
+                print(f"warning: {path} is damaged ({type(e).__name__}); evaluating again")
+    result = {}
+    if tr.is_main:
+        with tr.eval_weights():
+            result = evaluate(tr, tag) | {"epoch": tr.epoch}
+        atomic_write_text(path, json.dumps(result, indent=1))
+    tr.accelerator.wait_for_everyone()
+    return result if tr.is_main else json.loads(path.read_text())

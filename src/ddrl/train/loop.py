@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import signal
 import time
@@ -35,16 +34,16 @@ from ..ema import ema_step_
 from ..io import atomic_write_text
 from ..models.policy import ModelError, guided_prediction
 from ..models.prompt_length import check_prompt_lengths
-from ..prompts import load_prompt_records
+from ..prompts import load_prompt_records, shown
 from ..rewards import get_reward, score
 from ..sampling import DDIMSampler, FlowSampler, rollout
-from .checkpoint import DamagedCheckpoint, list_checkpoints
-from .evaluation import evaluate, write_grid
+from .checkpoint import list_checkpoints
+from .evaluation import evaluate_once, write_grid
 from .finite import NonFiniteError, first_nonfinite, nonfinite_error
 from .metrics import MetricsLog
 from .report import finish_run
 from .resume import run_config_text
-from .state import load_trainer, save_trainer
+from .state import load_latest_intact, save_trainer
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
 
@@ -69,7 +68,7 @@ class Trainer:
                     parse_prompt(p)
                 except ValueError:
                     raise ValueError(f"reward {cfg.reward.name!r} scores shapes-world prompts only; "
-                                     f"{p!r} is not one (use prompts.source shapes:train)") from None
+                                     f"{shown(p)} is not one (use prompts.source shapes:train)") from None
         from ..models.loading import load_policy
 
         self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
@@ -92,6 +91,7 @@ class Trainer:
                                            betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
         self.epoch = 0
         self.skipped_steps = 0
+        self.nonfinite_batch = 0
         self.optimizer_steps = 0
         self._stop = False
         self.algorithm = algorithm(Context(
@@ -185,7 +185,9 @@ class Trainer:
         return torch.tensor([int(torch.randint(len(self.train_prompts), (), generator=self.generator(
             epoch, int(i) // k, purpose="prompt"))) for i in global_idx])
 
-    def collect(self, epoch: int, pool: ThreadPoolExecutor, bar) -> tuple[Rollouts, list[Future]]:
+    def collect(self, epoch: int, pool: ThreadPoolExecutor, bar) -> tuple[Rollouts | None, list[Future]]:
+        """Sample this process's share of the epoch, scoring each batch in `pool` as it is done.
+        A batch with non-finite images or log-probs ends sampling (None; run_epoch raises)."""
         cfg, policy, algorithm = self.cfg, self.policy, self.algorithm
         gidx = self.local_indices()
         pids = self.prompt_ids(epoch, gidx)
@@ -207,7 +209,8 @@ class Trainer:
             with torch.no_grad():
                 images = policy.decode(traj.final).cpu()
             if not (bool(torch.isfinite(images).all()) and bool(torch.isfinite(traj.log_probs).all())):
-                raise self._nonfinite(f"decoded images or log-probs in sampling batch {start // cfg.sample.batch_size + 1}")
+                self.nonfinite_batch = start // cfg.sample.batch_size + 1  # raised on every process after sampling
+                break
             prompts = [self.train_prompts[i] for i in pids[sl]]
             meta = [{"prompt_id": int(i), **self.prompt_metadata[prompts[k]]} for k, i in enumerate(pids[sl])]
             if cfg.reward.asynchronous:
@@ -221,6 +224,8 @@ class Trainer:
             log_probs.append(traj.log_probs.detach())
             if with_graph:
                 graphs.append(traj.log_probs)
+        if self.nonfinite_batch:
+            return None, futures
         return Rollouts(torch.cat(latents), torch.cat(log_probs), pids, gidx, graphs), futures
 
     def gather(self, local: Tensor) -> Tensor:
@@ -265,7 +270,11 @@ class Trainer:
         t0 = time.perf_counter()
         with tqdm(total=cfg.sample.num_batches_per_epoch * cfg.sample.num_steps, unit="step", leave=False,
                   desc=f"epoch {epoch + 1}/{cfg.run.epochs} sampling", disable=not self.is_main) as bar:
+            self.nonfinite_batch = 0
             ro, futures = self.collect(epoch, pool, bar)
+        if self._any_process(self.nonfinite_batch > 0):
+            where = f"in sampling batch {self.nonfinite_batch}" if self.nonfinite_batch else "on another process"
+            raise self._nonfinite(f"decoded images or log-probs {where}")
         t1 = time.perf_counter()
         results = [f.result() for f in futures]
         rewards = torch.cat([r[0] for r in results])
@@ -311,40 +320,16 @@ class Trainer:
             m["prompts/within_prompt_std"] = sum(stds) / len(stds)
         return m
 
-    # ------------------------------------------------------------------ state
-    def save(self, epoch: int) -> None:
-        save_trainer(self, epoch)
-
-    def load(self, path: Path) -> None:
-        load_trainer(self, path)
-
-    def _load_latest_intact(self) -> None:
-        """Load the newest checkpoint that passes its hash manifest. A damaged one is renamed
-        `damaged_epoch_N` (kept for inspection, never loaded or pruned) and the previous one used."""
-        ckpts = list_checkpoints(self.run_dir / "checkpoints")
-        for ckpt in reversed(ckpts):
-            try:
-                self.load(ckpt)
-                return
-            except DamagedCheckpoint as e:
-                self.accelerator.wait_for_everyone()
-                if self.is_main:
-                    ckpt.rename(ckpt.with_name(f"damaged_{ckpt.name}"))
-                    print(f"warning: {e}; moved it to damaged_{ckpt.name} and resuming from the checkpoint before it")
-        if ckpts:
-            raise ValueError(f"no intact checkpoint in {self.run_dir / 'checkpoints'} (each was moved aside as "
-                             "damaged_*); resuming again starts the run from epoch 0")
-
     # ------------------------------------------------------------------ the run
     def train(self, resume: bool = False) -> dict:
         cfg, run_dir = self.cfg, self.run_dir
         if resume:
-            self._load_latest_intact()
+            load_latest_intact(self)
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", run_config_text(cfg))
         log = MetricsLog(run_dir, self.epoch, tensorboard=self.is_main) if self.is_main else None
-        before = self._evaluate_once("before")
+        before = evaluate_once(self, "before")
         try:
             previous = signal.signal(signal.SIGINT, self._on_interrupt)
         except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
@@ -362,7 +347,7 @@ class Trainer:
                     self._grid(f"epoch_{self.epoch:04d}")
                 stop = self._stop_everywhere()
                 if self.epoch % cfg.run.save_every == 0 or self.epoch == cfg.run.epochs or stop:
-                    self.save(self.epoch)
+                    save_trainer(self, self.epoch)
                 self._stop = stop
         finally:
             if previous is not None:
@@ -375,7 +360,7 @@ class Trainer:
                 print(f"stopped after epoch {self.epoch}; checkpoint saved. Continue with: "
                       f"ddrl train --resume {run_dir}")
             return {}
-        after = self._evaluate_once("after")
+        after = evaluate_once(self, "after")
         if self.is_main:
             finish_run(self, log.rows if log else [], before, after)
         return {"before": before, "after": after}
@@ -387,39 +372,13 @@ class Trainer:
         if self.is_main:
             print("\nCtrl-C: finishing this epoch and saving a checkpoint (Ctrl-C again to quit now)")
 
-    def _stop_everywhere(self) -> bool:
-        flag = torch.tensor([float(self._stop)], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+    def _any_process(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process (every process gets the same answer)."""
+        t = torch.tensor([float(flag)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(t, reduction="sum").item() > 0)
 
-    def _evaluate_once(self, tag: str) -> dict:
-        """Held-out and training-prompt evaluation with fixed seeds, cached in the run folder so
-        a resumed run does not repeat it."""
-        path = self.run_dir / f"eval_{tag}.json"
-        # Every process looks before the main one can write, so all take the same branch (a
-        # process that saw the file and skipped the barrier below would deadlock the others).
-        self.accelerator.wait_for_everyone()
-        cached = path.exists()
-        self.accelerator.wait_for_everyone()
-        if cached:
-            try:
-                result = json.loads(path.read_text())
-                # an "after" evaluation of fewer epochs is stale: the run was extended since
-                if tag == "before" or result.get("epoch") == self.epoch:
-                    return result
-            except (ValueError, OSError, AttributeError) as e:
-                if tag == "before" and self.epoch > 0:  # the untrained weights are gone: it cannot be redone
-                    raise ValueError(f"{path} is damaged ({type(e).__name__}: {e}); it holds the evaluation "
-                                     "before training, which a resumed run cannot redo. Restore it, or start a new run"
-                                     ) from None
-                if self.is_main:
-                    print(f"warning: {path} is damaged ({type(e).__name__}); evaluating again")
-        result = {}
-        if self.is_main:
-            with self.eval_weights():
-                result = evaluate(self, tag) | {"epoch": self.epoch}
-            atomic_write_text(path, json.dumps(result, indent=1))
-        self.accelerator.wait_for_everyone()
-        return result if self.is_main else json.loads(path.read_text())
+    def _stop_everywhere(self) -> bool:
+        return self._any_process(self._stop)
 
     def _grid(self, name: str) -> None:
         if self.is_main:

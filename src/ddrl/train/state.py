@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import load_checkpoint, load_optimizer, save_checkpoint
+from .checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
 from .export import save_lora
 from .resume import run_config_text
 
@@ -60,3 +60,21 @@ def load_trainer(tr, path: Path) -> None:
     algo_file = path / "algorithm.safetensors"
     tensors = load_file(str(algo_file)) if algo_file.exists() else {}
     tr.algorithm.load_state_dict(tensors, state["algorithm"])
+
+
+def load_latest_intact(tr) -> None:
+    """Load the newest checkpoint that passes its hash manifest. A damaged one is renamed
+    `damaged_epoch_N` (kept for inspection, never loaded or pruned) and the previous one used."""
+    ckpts = list_checkpoints(tr.run_dir / "checkpoints")
+    for ckpt in reversed(ckpts):
+        try:
+            load_trainer(tr, ckpt)
+            return
+        except DamagedCheckpoint as e:
+            tr.accelerator.wait_for_everyone()
+            if tr.is_main:
+                ckpt.rename(ckpt.with_name(f"damaged_{ckpt.name}"))
+                print(f"warning: {e}; moved it to damaged_{ckpt.name} and resuming from the checkpoint before it")
+    if ckpts:
+        raise ValueError(f"no intact checkpoint in {tr.run_dir / 'checkpoints'} (each was moved aside as "
+                         "damaged_*); resuming again starts the run from epoch 0")
