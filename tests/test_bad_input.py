@@ -23,7 +23,7 @@ from ddrl.cli import main
 from ddrl.config import Config, ConfigError, apply_overrides, flatten, load_yaml
 from ddrl.config_checks import RANGES, validate
 from ddrl.prompts import load_prompt_records
-from ddrl.rewards import RewardError, get_reward
+from ddrl.rewards import RewardError, get_reward, score
 from ddrl.rewards.spec import parse
 from ddrl.train.loop import Trainer
 
@@ -331,6 +331,14 @@ def test_the_server_answers_every_client_problem_with_a_4xx_and_the_client_does_
 def test_score_refuses_non_finite_images_locally():
     images, prompts = _shapes_batch(2)
     images[0, 1, 2, 2] = float("nan")
-    from ddrl.rewards import score
     with pytest.raises(RewardError, match=r"images at batch positions \[0\] hold non-finite values"):
         score(get_reward("jpeg-compressibility"), images, prompts)
+
+
+def test_the_client_splits_batches_to_the_servers_pixel_limit():
+    images, prompts = _shapes_batch(5)
+    local = get_reward("jpeg-incompressibility")
+    with _Serving(local, max_pixels=2 * images.shape[-1] * images.shape[-2]) as srv:
+        remote = get_reward(f"remote:{srv.url}")
+        torch.testing.assert_close(score(remote, images, prompts)[0], score(local, images, prompts)[0],
+                                   rtol=0, atol=0)

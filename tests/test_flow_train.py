@@ -12,7 +12,7 @@ from ddrl.config import Config, ConfigError, apply_overrides
 from ddrl.config_checks import algorithm_class, validate
 from ddrl.models.policy import ModelError
 from ddrl.train.loop import Trainer
-from ddrl.train.state import load_latest_intact
+from ddrl.train.state import load_latest_intact, save_trainer
 
 
 def trained_steps(cfg) -> int:
@@ -224,9 +224,9 @@ def test_ema_of_the_trained_weights_follows_each_optimizer_step_and_is_checkpoin
     for k, v in tr.trainable_state().items():
         torch.testing.assert_close(tr.ema[k], 2 / 11 * theta0[k] + 9 / 11 * v)
     tr.epoch = 1
-    tr.save(1)
+    save_trainer(tr, 1)
     again = Trainer(cfg, tmp_path)
-    again.load(tmp_path / "checkpoints" / "epoch_000001")
+    load_latest_intact(again)
     for k in tr.ema:
         torch.testing.assert_close(again.ema[k], tr.ema[k], atol=0, rtol=0)
 
@@ -244,10 +244,10 @@ def test_nft_checkpoint_resumes_exactly_with_its_old_policy_and_the_ema(tiny_sd3
     first = Trainer(cfg, tmp_path / "b")
     first.run_epoch(0, ThreadPoolExecutor(1))
     first.epoch = 1
-    first.save(1)
+    save_trainer(first, 1)
     assert (tmp_path / "b/checkpoints/epoch_000001/algorithm.safetensors").exists()
     resumed = Trainer(cfg, tmp_path / "b")
-    resumed.load(tmp_path / "b/checkpoints/epoch_000001")
+    load_latest_intact(resumed)
     assert resumed.optimizer_steps == 2
     resumed.run_epoch(1, ThreadPoolExecutor(1))
     for got, ref in ((resumed.trainable_state(), straight.trainable_state()), (resumed.algorithm.old, straight.algorithm.old),

@@ -28,7 +28,7 @@ def cmd_reward_server(args) -> None:
     token = os.environ.get(args.token_env) or None
     try:  # bind before loading the reward (which can take minutes), so a bad host or port fails at once
         server = RewardServer(None, args.host, args.port, token, max_bytes=args.max_mb << 20,
-                              max_batch=args.max_batch, max_pixels=args.max_megapixels << 20)
+                              max_batch=args.max_batch, max_pixels=args.max_megapixels * 1_000_000)
     except OSError as e:  # checked when the socket is bound, before any request
         raise ValueError(f"cannot serve at {args.host}:{args.port}: {bind_problem(e, args.host, args.port)}") from None
     if not is_loopback(args.host) and token is None:
@@ -91,7 +91,7 @@ def add_reward_commands(sub) -> None:
     p.add_argument("--max-mb", type=positive_int, default=64, help="largest request body in MiB (default: 64)")
     p.add_argument("--max-batch", type=positive_int, default=256, help="most images per request (default: 256)")
     p.add_argument("--max-megapixels", type=positive_int, default=32,
-                   help="most pixels per request, in MiB-pixels, checked before decoding (default: 32)")
+                   help="most pixels per request in all, in millions, checked before decoding (default: 32)")
     p.set_defaults(func=cmd_reward_server)
 
     p = sub.add_parser("convert-open-clip", help="convert an open_clip checkpoint (e.g. HPS v2.1) for transformers",

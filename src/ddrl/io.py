@@ -29,8 +29,8 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 
 def check_writable_dir(path: str | Path, what: str) -> Path:
-    """Make sure files can be written in folder `path` (created if missing) before any heavy work,
-    or raise a ValueError naming it and what to do."""
+    """Make sure files can be written in folder `path` before any heavy work, or raise a ValueError
+    naming it and what to do. Folders created to try it are removed again."""
     path = Path(path)
     for p in (path, *path.parents):
         if p.exists():
@@ -38,18 +38,23 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
                 where = "" if p == path else f" (its parent {p} is a file)"
                 raise ValueError(f"{what} {path} is a file, not a folder{where}; choose another path")
             break
+    created = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".ddrl-write-check-"):
             pass
     except OSError as e:
         raise ValueError(f"{what} {path} is not writable ({e.strerror or e}); choose another path") from None
+    finally:  # a failed start leaves no folder behind: the work creates them again when it writes
+        for p in created:
+            if p.is_dir():
+                p.rmdir()
     return path
 
 
 def check_writable_file(path: str | Path, what: str) -> Path:
-    """Make sure the file `path` can be written (its folder created if missing) before any heavy
-    work, or raise a ValueError naming it and what to do."""
+    """Make sure the file `path` can be written before any heavy work, or raise a ValueError naming
+    it and what to do."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{what} {path} is a folder; give a file path")

@@ -45,6 +45,7 @@ class RemoteReward:
         health = self._request("GET", "/health")
         self.name = f"{health.get('reward', 'remote')}@{self.url}"
         self.batch_size = min(self.batch_size, int(health.get("max_batch", self.batch_size)))
+        self.max_pixels = int(health.get("max_pixels", 0)) or None
 
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> dict:
         headers = {"Content-Type": content_type} if content_type else {}
@@ -92,8 +93,11 @@ class RemoteReward:
 
     def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         scores, details = [], {}
-        for i in range(0, len(images), self.batch_size):
-            sl = slice(i, i + self.batch_size)
+        per_request = self.batch_size
+        if self.max_pixels:  # requests stay under the server's pixel limit (one image over it is refused)
+            per_request = max(1, min(per_request, self.max_pixels // (images.shape[-1] * images.shape[-2])))
+        for i in range(0, len(images), per_request):
+            sl = slice(i, i + per_request)
             body, kind = self._encode(images[sl], list(prompts[sl]), list(metadata[sl]))
             out = self._request("POST", "/score", body, kind)
             got = out.get("scores") if isinstance(out, dict) else None

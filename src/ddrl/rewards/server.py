@@ -119,7 +119,7 @@ class RewardServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, reward: RewardFn, host: str = "127.0.0.1", port: int = 8100, token: str | None = None,
-                 max_bytes: int = 64 << 20, max_batch: int = 256, max_pixels: int = 32 << 20, quiet: bool = False):
+                 max_bytes: int = 64 << 20, max_batch: int = 256, max_pixels: int = 32_000_000, quiet: bool = False):
         self.reward, self.token, self.max_bytes, self.max_batch, self.quiet = reward, token, max_bytes, max_batch, quiet
         self.max_pixels = max_pixels
         self.lock = threading.Lock()  # one batch at a time through the model
