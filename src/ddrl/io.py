@@ -47,8 +47,10 @@ def check_writable_dir(path: str | Path, what: str) -> Path:
         raise ValueError(f"{what} {path} is not writable ({e.strerror or e}); choose another path") from None
     finally:  # a failed start leaves no folder behind: the work creates them again when it writes
         for p in created:
-            if p.is_dir():
+            try:
                 p.rmdir()
+            except OSError:  # another process of the run is using it, or it was never made
+                break
     return path
 
 
