@@ -56,11 +56,13 @@ def cases(w: Path) -> list[tuple[str, str, list[str], str]]:
     (w / "model" / "reward_model.json").write_text("{}")
     for name, colour in (("r.png", (255, 0, 0)), ("r2.png", (255, 0, 0)), ("b.png", (0, 0, 255))):
         Image.new("RGB", (48, 48), colour).save(w / name)
-    rows = {"unknown_field.jsonl": {"prompt": "a red circle", "chosen": "r.png", "rejected": "b.png", "label": 1},
-            "null_prompt.jsonl": {"prompt": None, "chosen": "r.png", "rejected": "b.png"},
-            "identical.jsonl": {"prompt": "a red circle", "chosen": "r.png", "rejected": "r2.png"}}
-    for name, row in rows.items():
-        (w / name).write_text(json.dumps(row) + "\n")
+    rows = {"unknown_field.jsonl": [{"prompt": "a red circle", "chosen": "r.png", "rejected": "b.png", "label": 1}],
+            "null_prompt.jsonl": [{"prompt": None, "chosen": "r.png", "rejected": "b.png"}],
+            "one_prompt.jsonl": [{"prompt": "a red circle", "chosen": "r.png", "rejected": "b.png"}],
+            "identical.jsonl": [{"prompt": p, "chosen": "r.png", "rejected": "r2.png"}
+                                for p in ("a red circle", "a blue square", "two triangles")]}
+    for name, lines in rows.items():
+        (w / name).write_text("".join(json.dumps(row) + "\n" for row in lines))
     run = w / "run"
     cfg = ["train", *TINY]
     numbers = [("train.learning-rate", "inf"), ("train.learning-rate", "nan"), ("train.learning-rate", "-1"),
@@ -103,7 +105,9 @@ def cases(w: Path) -> list[tuple[str, str, list[str], str]]:
             ("reward data", "pairs with a null prompt", ["reward-train", str(w / "null_prompt.jsonl"), "--out",
                                                          str(w / "m3")], "error"),
             ("reward data", "pairs all identical images", ["reward-train", str(w / "identical.jsonl"), "--out",
-                                                           str(w / "m4")], "error")]
+                                                           str(w / "m4")], "error"),
+            ("reward data", "pairs of a single prompt", ["reward-train", str(w / "one_prompt.jsonl"), "--out",
+                                                         str(w / "m5")], "error")]
     resume = [("truncated config.yaml", "truncate", [], "error"),
               ("hand-edited reward.name", "edit_reward", [], "error"),
               ("hand-edited run.epochs", "edit_epochs", [], "error"),
@@ -219,13 +223,14 @@ def main() -> None:
     server = server_cases()
     lines = ["# Bad inputs: what each one gets", "", f"`python benchmarks/bad_inputs.py`; {len(rows)} command lines "
              f"and {len(server)} reward-server requests.", "",
-             "| class | input | exit | seconds | as expected | message (last line of stderr) |",
+             "| class | input | exit | seconds | one line, nothing left | message (last line of stderr, cut at 150) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {k} | {w_} | {rc} | {s} | {g} | {m} |" for k, w_, rc, s, g, m in rows]
     lines += ["", "| reward-server request | HTTP status |", "|---|---|"] + [f"| {w_} | {c} |" for w_, c in server]
     ok = sum(r[4] == "yes" for r in rows)
-    lines += ["", f"{ok} of {len(rows)} command lines behaved as expected (a one-line error naming the problem and "
-              "nothing left behind, or, for the two resumable cases, a finished run)."]
+    lines += ["", f"{ok} of {len(rows)} command lines behaved as expected: a one-line error and nothing left behind,"
+              " or, for the two resumable cases, a finished run. Whether each message names the problem and the fix "
+              "is for a reader of the last column to judge."]
     out = ROOT / "benchmarks" / "results" / "bad_inputs.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"{ok}/{len(rows)} as expected; wrote {out}")

@@ -235,6 +235,15 @@ def test_reward_train_refuses_bad_rows_with_their_line(tmp_path, row, message):
         read_pairs(_pairs_folder(tmp_path, [good, row]))
 
 
+def test_reward_train_needs_two_prompts_to_hold_some_out(tmp_path):
+    from ddrl.rewards.learned import train_reward_model
+
+    rows = [{"prompt": "a circle", "chosen": "a.png", "rejected": "b.png"}] * 3
+    with pytest.raises(RewardError, match="all 3 pairs share one prompt; .* at least 2 prompts or a --heldout file"):
+        train_reward_model(_pairs_folder(tmp_path, rows), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_reward_train_drops_and_reports_identical_pairs(tmp_path, capsys):
     from ddrl.rewards.learned import TextFeatures, _Indexed, read_pairs
 

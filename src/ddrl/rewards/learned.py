@@ -247,6 +247,10 @@ def train_reward_model(pairs: str | Path, out_dir: str | Path, *, heldout: Seque
     if heldout:
         held_sets = {Path(h).stem: read_pairs(h) for h in heldout}
     else:
+        prompts = {p["prompt"] for p in train_pairs}
+        if len(prompts) < 2:
+            raise RewardError(f"{pairs}: all {len(train_pairs)} pairs share one prompt; held-out accuracy is measured "
+                              "on other prompts, so give pairs of at least 2 prompts or a --heldout file")
         train_pairs, held = split_by_prompt(train_pairs, heldout_fraction, seed)
         held_sets = {"heldout": held}
     torch.manual_seed(seed)

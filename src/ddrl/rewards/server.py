@@ -88,6 +88,8 @@ def decode_json(body: bytes, max_pixels: int) -> tuple[torch.Tensor, list[str], 
         if not isinstance(encoded, list) or not all(isinstance(x, str) for x in encoded):
             raise TypeError("'images' must be a list of base64 strings")
         opened = [Image.open(io.BytesIO(base64.b64decode(x, validate=True))) for x in encoded]
+    except Image.DecompressionBombError as e:  # PIL's own limit, far above any sane request
+        raise BadRequest(413, str(e))
     except Exception as e:  # noqa: BLE001 - undecodable input is the client's
         raise BadRequest(400, f"expected JSON with base64 PNG 'images' and 'prompts' ({type(e).__name__}: {e})")
     if not opened:
