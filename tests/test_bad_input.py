@@ -141,6 +141,18 @@ def test_os_errors_are_one_line_naming_the_path_and_the_fix():
     assert os_error_message(OSError("could not write checkpoint X; the previous one is intact")).startswith("could")
 
 
+def test_a_full_disk_seen_by_safetensors_is_one_line(monkeypatch, capsys):
+    import ddrl.cli
+    from safetensors import SafetensorError
+
+    def disk_full(args):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ddrl.cli, "cmd_presets", disk_full)
+    err = _one_line_error(["presets"], capsys, code=1)
+    assert "safetensors could not write a weights file" in err and "os error 28" in err
+
+
 def test_reward_train_refuses_an_existing_model_before_training(tmp_path, capsys):
     out = tmp_path / "model"
     out.mkdir()

@@ -356,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         args = parser.parse_args(argv)
     quiet_libraries()
+    from safetensors import SafetensorError
+
     try:
         return args.func(args) or 0
     except ValueError as e:  # ConfigError, ModelError, RewardError, NonFiniteError are ValueErrors
@@ -363,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as e:
         print(f"ddrl {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
+    except SafetensorError as e:  # safetensors reports I/O failures (a full disk) as its own error type
+        action = "write" if "serializ" in str(e) else "read"
+        print(f"ddrl {args.command}: error: safetensors could not {action} a weights file ({e})", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # a second Ctrl-C; the last checkpoint of a training run is intact
         print(f"ddrl {args.command}: interrupted", file=sys.stderr)
