@@ -14,7 +14,7 @@ import time
 import pytest
 import torch
 from test_bad_input import _one_line_error
-from test_train import _final_weights, _rows, tiny_config
+from test_train import _final_weights, _rows, cli_train_command, tiny_config
 
 from ddrl.cli import main
 from ddrl.train import train
@@ -209,11 +209,7 @@ def test_a_real_file_size_limit_is_one_line_and_leaves_no_partial_checkpoint(tin
 
 def test_ctrl_c_saves_and_exits_130(tiny_sd_folder, tmp_path):
     run = tmp_path / "run"
-    args = [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(tiny_sd_folder),
-            "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
-            "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", "50",
-            "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run)]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(cli_train_command(tiny_sd_folder, run, 50), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     while not (run / "checkpoints" / "epoch_000001").exists() and time.time() < deadline:
         time.sleep(0.05)
@@ -235,14 +231,10 @@ def test_kill_9_at_twenty_random_moments_always_resumes_to_the_uninterrupted_run
     resumed (or started again if it died before writing its config), 20 times; the finished run
     has the uninterrupted run's weights, metrics and evaluations exactly."""
     def command(run, resume):
-        base = [sys.executable, "-m", "ddrl.cli", "train"]
         if resume:
-            return base + ["--resume", str(run)]
-        return base + ["--model.name", str(tiny_sd_folder), "--reward.name", "jpeg-compressibility",
-                       "--sample.num-steps", "4", "--sample.batch-size", "4", "--sample.images-per-prompt", "2",
-                       "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", "6",
-                       "--eval.max-prompts", "2", "--eval.images-per-prompt", "1", "--eval.grid-every", "2",
-                       "--eval.grid-size", "2", "--run.output-dir", str(run)]
+            return [sys.executable, "-m", "ddrl.cli", "train", "--resume", str(run)]
+        return cli_train_command(tiny_sd_folder, run, 6, "--sample.images-per-prompt", "2", "--eval.max-prompts", "2",
+                                 "--eval.images-per-prompt", "1", "--eval.grid-every", "2", "--eval.grid-size", "2")
 
     ref = tmp_path / "ref"
     t0 = time.perf_counter()

@@ -176,13 +176,18 @@ def test_resuming_with_another_config_is_refused(uninterrupted, capsys):
     assert "not a ddrl run folder" in capsys.readouterr().err
 
 
+def cli_train_command(folder, run, epochs: int, *overrides: str) -> list[str]:
+    """`python -m ddrl.cli train` on a tiny model (about a second an epoch); later overrides win."""
+    return [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(folder),
+            "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
+            "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", str(epochs),
+            "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run), *overrides]
+
+
 def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_sd_folder, tmp_path):
     """A real `kill -9` of `ddrl train` after its first checkpoint; `--resume` completes the run."""
     run = tmp_path / "killed"
-    args = [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(tiny_sd_folder),
-            "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
-            "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", "40",
-            "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run)]
+    args = cli_train_command(tiny_sd_folder, run, 40)
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while not (run / "checkpoints/epoch_000002").exists() and time.time() < deadline and proc.poll() is None:

@@ -19,28 +19,17 @@ def _number(text: str, kind: type, interval: str):
     return v
 
 
-def positive_int(text: str) -> int:
-    return _number(text, int, "[1, inf)")
+def _number_type(kind: type, interval: str):
+    """An argparse type: text -> a number of `kind` inside `interval`, or a one-line error."""
+    return lambda text: _number(text, kind, interval)
 
 
-def seed_int(text: str) -> int:
-    return _number(text, int, "[0, 4294967295]")
-
-
-def port_int(text: str) -> int:
-    return _number(text, int, "[0, 65535]")
-
-
-def positive_float(text: str) -> float:
-    return _number(text, float, "(0, inf)")
-
-
-def non_negative_float(text: str) -> float:
-    return _number(text, float, "[0, inf)")
-
-
-def unit_float(text: str) -> float:
-    return _number(text, float, "[0, 1]")
+positive_int = _number_type(int, "[1, inf)")
+seed_int = _number_type(int, "[0, 4294967295]")
+port_int = _number_type(int, "[0, 65535]")
+positive_float = _number_type(float, "(0, inf)")
+non_negative_float = _number_type(float, "[0, inf)")
+unit_float = _number_type(float, "[0, 1]")
 
 
 def guidance_float(text: str) -> float:
