@@ -46,7 +46,8 @@ class ModelConfig:
 @dataclass(frozen=True)
 class PromptConfig:
     source: str = "shapes:train"
-    """training prompts: shapes:train|heldout|all, animals, or file:PATH (one prompt per line)"""
+    """training prompts: shapes:train|heldout|all, animals, animal-activities, or file:PATH (one
+    prompt per line, or JSONL with metadata)"""
     eval_source: str = "shapes:heldout"
     """held-out prompts for the before/after evaluation (same syntax)"""
 

@@ -98,6 +98,6 @@ def _check_prompt_source(key: str, src: str) -> None:
     if src.startswith("file:"):
         if not Path(src[5:]).is_file():
             raise ConfigError(f"{key}: prompt file {src[5:]!r} does not exist")
-    elif src not in ("shapes:train", "shapes:heldout", "shapes:all", "animals"):
+    elif src not in ("shapes:train", "shapes:heldout", "shapes:all", "animals", "animal-activities"):
         raise ConfigError(f"{key} {src!r} is not a prompt source; use shapes:train, shapes:heldout, "
-                          "shapes:all, animals or file:PATH")
+                          "shapes:all, animals, animal-activities or file:PATH")

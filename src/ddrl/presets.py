@@ -79,7 +79,7 @@ PRESETS: dict[str, Preset] = {
         "(the default of `ddrl train`)", _ALIGNMENT),
     "shapes-alignment-sf": Preset(
         "DDPO-SF (REINFORCE) on shapes-sd with the verifier reward",
-        _ALIGNMENT | {"train.algorithm": "ddpo-sf"}),
+        _ALIGNMENT | {"train.algorithm": "ddpo-sf", "train.gradient_accumulation_steps": 4}),
     "shapes-alignment-rwr": Preset(
         "reward-weighted regression on shapes-sd with the verifier reward",
         _ALIGNMENT | {"train.algorithm": "rwr"}),
@@ -120,6 +120,21 @@ PRESETS: dict[str, Preset] = {
     "sd15-incompressibility": Preset(
         "the DDPO paper's JPEG incompressibility run on Stable Diffusion 1.4 (GPU; untested here)",
         _SD15 | {"reward.name": "jpeg-incompressibility"}),
+    # aesthetic(): 200 epochs, 2 optimizer steps per epoch, per-prompt buffers of 32
+    "sd15-aesthetic": Preset(
+        "the DDPO paper's aesthetic-quality run on Stable Diffusion 1.4: the LAION aesthetic predictor "
+        "(GPU; untested here)",
+        _SD15 | {"reward.name": "aesthetic", "run.epochs": 200, "train.gradient_accumulation_steps": 4,
+                 "train.buffer_size": 32}),
+    # prompt_image_alignment(): 6 sampling processes (2 GPUs served LLaVA), 8 x 6 samples and
+    # 2 optimizer steps per epoch per process, animals doing activities
+    "sd15-alignment": Preset(
+        "the DDPO paper's prompt-alignment run on Stable Diffusion 1.4: LLaVA's description scored by "
+        "BERTScore recall against the prompt, served by `ddrl reward-server vlm-bertscore --port 18086` "
+        "as the paper served LLaVA (GPU; untested here)",
+        _SD15 | {"reward.name": "remote:http://127.0.0.1:18086", "prompts.source": "animal-activities",
+                 "prompts.eval_source": "animal-activities", "run.epochs": 200, "sample.num_batches_per_epoch": 6,
+                 "train.gradient_accumulation_steps": 6, "train.buffer_size": 32}),
 }
 
 DEFAULT_PRESET = "shapes-alignment"

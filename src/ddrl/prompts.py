@@ -1,5 +1,6 @@
 """Prompt sources for training and evaluation: the shapes world's splits, a list of animals
-(the DDPO paper's kind of prompt set for Stable Diffusion), a text file, or a JSONL file whose
+(the DDPO paper's kind of prompt set for Stable Diffusion), those animals doing the paper's three
+activities (its prompt-alignment task), a text file, or a JSONL file whose
 lines carry metadata beside the prompt (which a routed reward reads, e.g. {"prompt": ..., "task": "ocr"})."""
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ ANIMALS = (
     "flamingo", "duck", "chicken", "swan", "turtle", "frog", "crocodile",
 )
 
+# the activities of the DDPO paper's prompt-alignment task (ddpo-pytorch assets/activities.txt)
+ACTIVITIES = ("washing the dishes", "riding a bike", "playing chess")
+
+
+def animal_activities() -> list[str]:
+    """'a cat riding a bike', 'an owl playing chess', ...: every animal with every activity."""
+    return [f"{'an' if a[0] in 'aeiou' else 'a'} {a} {act}" for a in ANIMALS for act in ACTIVITIES]
+
 
 def load_prompt_records(source: str) -> list[tuple[str, dict]]:
-    """(prompt, metadata) pairs from shapes:train|heldout|all, animals, file:PATH.txt (one prompt
+    """(prompt, metadata) pairs from shapes:train|heldout|all, animals, animal-activities, file:PATH.txt (one prompt
     per non-empty line) or file:PATH.jsonl (objects with "prompt"; the other keys are metadata)."""
     if source.startswith("shapes:"):
         from .worlds.shapes import split
@@ -27,6 +36,8 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
         return [(p, {}) for p in split(source.split(":", 1)[1])]
     if source == "animals":
         return [(p, {}) for p in ANIMALS]
+    if source == "animal-activities":
+        return [(p, {}) for p in animal_activities()]
     if source.startswith("file:"):
         path = Path(source[5:])
         lines = [(n, line.strip()) for n, line in enumerate(read_text(path, "prompt file").splitlines(), 1)
@@ -46,7 +57,8 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
                 raise ValueError(f"{path}:{n}: \"prompt\" must be non-empty text, got {prompt!r}")
             records.append((prompt.strip(), row))
         return records
-    raise ValueError(f"unknown prompt source {source!r}")
+    raise ValueError(f"unknown prompt source {source!r}; expected shapes:train|heldout|all, animals, "
+                     "animal-activities, or file:PATH")
 
 
 def load_prompts(source: str) -> list[str]:

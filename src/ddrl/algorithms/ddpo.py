@@ -33,6 +33,14 @@ class DDPO(Algorithm):
                               "(flow-matching models train with flow-grpo, pref-grpo or nft)")
         if cfg.sample.eta == 0:
             raise ConfigError(f"sample.eta must be > 0 for {name}: its log-probs need a stochastic sampler")
+        if cls.score_function and cfg.optimizer_steps_per_epoch != 1:
+            # REINFORCE's gradient holds only at the sampling policy: after one step the samples are
+            # off-policy and nothing corrects for it (DDPO-IS's importance ratio does)
+            need = cfg.minibatches_per_epoch * cfg.train.num_inner_epochs
+            raise ConfigError(
+                f"ddpo-sf takes one optimizer step per epoch of fresh samples (the DDPO paper), but this "
+                f"config takes {cfg.optimizer_steps_per_epoch}: set train.gradient_accumulation_steps {need} "
+                f"(with train.num_inner_epochs 1), or use ddpo-is for several steps per epoch")
 
     @classmethod
     def keeps_sampling_graph(cls, cfg) -> bool:

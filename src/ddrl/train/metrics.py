@@ -55,6 +55,11 @@ def read_metrics(path: Path) -> list[dict]:
     return rows
 
 
+def rolling_window(epochs: int) -> int:
+    """About a fifth of the run, between 1 and 10 epochs."""
+    return max(1, min(10, epochs // 5))
+
+
 def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dict | None = None) -> None:
     """Training reward mean +- std per epoch; held-out evaluation before/after as markers."""
     import matplotlib
@@ -67,8 +72,12 @@ def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dic
         x = [r["epoch"] + 1 for r in rows]
         m = [r["reward/mean"] for r in rows]
         s = [r.get("reward/std", 0.0) for r in rows]
-        ax.plot(x, m, color="C0", label="training reward (mean over epoch samples)")
-        ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color="C0", alpha=0.15)
+        ax.plot(x, m, color="C0", alpha=0.45, lw=1, label="training reward (mean over epoch samples)")
+        ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color="C0", alpha=0.1)
+        w = rolling_window(len(m))
+        if w > 1:  # one epoch's mean is noisy; the trend is what shows learning
+            roll = [sum(m[max(0, i - w + 1):i + 1]) / len(m[max(0, i - w + 1):i + 1]) for i in range(len(m))]
+            ax.plot(x, roll, color="C0", lw=2.2, label=f"rolling mean over {w} epochs")
     for label, (epoch, value), color in [(k, v, c) for (k, v), c in zip((evals or {}).items(), ("C1", "C2"))]:
         ax.plot([epoch], [value], "o", color=color, label=label)
     ax.set_xlabel("epoch")

@@ -25,7 +25,25 @@ def paired_change(before: list, after: list) -> tuple[float, float]:
     return mean, (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
 
 
-def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: list[str]) -> Path:
+def headline(before: dict, after: dict, reward_name: str) -> str:
+    """One line a person reads first: held-out per-image accuracy (the shapes verifier's verdict)
+    before -> after, or the held-out reward when there is no verdict, with the paired change in
+    standard errors."""
+    pb, pa = (x.get("per_image", {}).get("heldout", {}) for x in (before, after))
+    if pb.get("correct") and pa.get("correct"):
+        d, se = paired_change(pb["correct"], pa["correct"])
+        b, a = before["heldout"]["accuracy_per_image"], after["heldout"]["accuracy_per_image"]
+        what = f"held-out accuracy {100 * b:.0f}% → {100 * a:.0f}% ({100 * d:+.0f} points"
+    else:
+        d, se = paired_change(pb.get("reward", []), pa.get("reward", []))
+        b, a = before["heldout"]["reward"], after["heldout"]["reward"]
+        what = f"held-out {reward_name} {b:.3f} → {a:.3f} ({d:+.3f}"
+    n = len(pb.get("reward", []))
+    sig = f", {d / se:.1f} s.e." if se == se and se > 0 else ""
+    return f"{what}{sig}; {n} images, the same seeds before and after)"
+
+
+def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: list[str], lead: str = "") -> Path:
     """`before`/`after`: {split: {metric: value}, "per_image": {split: {metric: [...]}}}.
     Writes report.md and report.html; changes of per-image metrics carry their paired s.e."""
     rows = []
@@ -40,7 +58,7 @@ def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: li
             if delta and pb and pa and len(pb) == len(pa):
                 delta += f" ± {paired_change(pb, pa)[1]:.3f}"
             rows.append((split, k, _fmt(b), _fmt(a) if a is not None else "", delta))
-    md = [f"# {title}", "", *notes, "", "| prompts | metric | before | after | change (± paired s.e.) |", "|---|---|---|---|---|"]
+    md = [f"# {title}", "", *([f"**{lead}**", ""] if lead else []), *notes, "", "| prompts | metric | before | after | change (± paired s.e.) |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(r)} |" for r in rows]
     md += ["", "## Reward during training", "", "![reward curve](reward_curve.png)", "",
            "## Held-out samples, fixed seeds", "", "Before:", "", "![before](grids/before.png)", "",
@@ -50,7 +68,7 @@ def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: li
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:100%}}</style></head><body>
-<h1>{html.escape(title)}</h1>{''.join(f'<p>{html.escape(n)}</p>' for n in notes)}
+<h1>{html.escape(title)}</h1>{f'<p><strong>{html.escape(lead)}</strong></p>' if lead else ''}{''.join(f'<p>{html.escape(n)}</p>' for n in notes)}
 <table><tr><th>prompts</th><th>metric</th><th>before</th><th>after</th><th>change (± paired s.e.)</th></tr>{table}</table>
 <h2>Reward during training</h2><img src="reward_curve.png">
 <h2>Held-out samples, fixed seeds</h2><p>Before</p><img src="grids/before.png"><p>After</p><img src="grids/after.png">
@@ -74,5 +92,6 @@ def finish_run(tr, rows: list[dict], before: dict, after: dict) -> None:
              ("Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."
               if cfg.sample.sampler == "ddim" else
               f"Evaluation uses the ODE at {cfg.eval_steps} steps with fixed seeds.")]
-    report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes)
-    print(f"report: {report} (and report.html)")
+    line = headline(before, after, cfg.reward.name)
+    report = write_report(run_dir, f"ddrl run: {run_dir.name}", before, after, notes, lead=line)
+    print(f"{line}\nreport: {report} (and report.html)")

@@ -1,0 +1,228 @@
+"""docs/results.md and its plots, from benchmarks/results/reproduce.json (see reproduce.py).
+
+Across seeds every figure is a mean with its standard error (ddof 1). A run's final reward is the
+mean of its last 5 epochs' training rewards, so one noisy epoch does not decide it.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+LAST = 5
+
+
+def mean_se(xs: list[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return float("nan"), float("nan")
+    if len(xs) == 1:
+        return xs[0], float("nan")
+    return statistics.mean(xs), statistics.stdev(xs) / len(xs) ** 0.5
+
+
+def fmt(m: float, se: float, digits: int = 3) -> str:
+    return f"{m:+.{digits}f}" if se != se else f"{m:+.{digits}f} ± {se:.{digits}f}"
+
+
+def final(s: dict, key: str = "reward") -> float:
+    return statistics.mean(s[key][-LAST:])
+
+
+def verdict(a: list[float], b: list[float], name_a: str, name_b: str) -> str:
+    """Whether mean(a) > mean(b) beyond two standard errors of the difference."""
+    (ma, sa), (mb, sb) = mean_se(a), mean_se(b)
+    if sa != sa or sb != sb:
+        return f"{name_a} {ma:.3f} against {name_b} {mb:.3f} (one seed each: no error bar)"
+    diff, se = ma - mb, (sa ** 2 + sb ** 2) ** 0.5
+    if diff > 2 * se:
+        word = "holds"
+    elif diff < -2 * se:
+        word = "is reversed"
+    else:
+        word = "is within noise"
+    return f"{name_a} − {name_b} = {diff:+.3f} ± {se:.3f}: the claim {name_a} > {name_b} {word}"
+
+
+def _curve_plot(path: Path, groups: dict[str, list[dict]], ylabel: str, title: str, key: str = "reward") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    for i, (label, runs) in enumerate(groups.items()):
+        if not runs:
+            continue
+        n = min(len(r[key]) for r in runs)
+        q = runs[0]["queries_per_epoch"]
+        x = [(e + 1) * q for e in range(n)]
+        # a 3-epoch rolling mean per seed, then mean and s.e. across seeds
+        smooth = [[statistics.mean(r[key][max(0, e - 2):e + 1]) for e in range(n)] for r in runs]
+        stats = [mean_se([s[e] for s in smooth]) for e in range(n)]
+        m = [a for a, _ in stats]
+        se = [b if b == b else 0.0 for _, b in stats]
+        ax.plot(x, m, color=f"C{i}", label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
+        ax.fill_between(x, [a - b for a, b in zip(m, se)], [a + b for a, b in zip(m, se)], color=f"C{i}", alpha=0.2)
+    ax.set_xlabel("reward queries (samples scored)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _groups(summary: dict, runs: dict) -> dict[str, list[dict]]:
+    return {label: [summary[r.name] for r in rs if r.name in summary] for label, rs in runs.items()}
+
+
+def _budget(runs: dict, summary: dict) -> str:
+    rs = [r for v in runs.values() for r in v if r.name in summary]
+    if not rs:
+        return ""
+    s = summary[rs[0].name]
+    minutes = mean_se([summary[r.name]["minutes"] for r in rs])[0]
+    return (f"Budget per run: {len(s['reward'])} epochs of {s['queries_per_epoch']} samples "
+            f"({len(s['reward']) * s['queries_per_epoch']} reward queries), about {minutes:.1f} minutes of "
+            f"training on one thread of a 2-core CPU.")
+
+
+def _commands(runs: dict) -> list[str]:
+    first = next((rs[0] for rs in runs.values() if rs), None)
+    if first is None:
+        return []
+    cmd = " ".join(first.command(resume=False)[1:]).replace(str(Path(__file__).resolve().parents[1]) + "/", "")
+    return ["Example command (seed 0 of the first row):", "", f"    ddrl {cmd}", ""]
+
+
+def section_sweep(exp, summary) -> list[str]:
+    from reproduce import FIG4_ALGORITHMS, LEARNING_RATES, chosen_lr, fig4_run
+
+    lines = ["| algorithm | " + " | ".join(f"lr {lr:g}" for lr in LEARNING_RATES) + " | chosen |",
+             "|---|" + "---|" * (len(LEARNING_RATES) + 1)]
+    groups = {}
+    for a in FIG4_ALGORITHMS:
+        cells = []
+        for lr in LEARNING_RATES:
+            s = summary.get(fig4_run("alignment", a, lr, 0).name)
+            cells.append("…" if s is None else f"{statistics.mean(s['reward'][:3]):.3f} → {final(s):.3f}")
+            if s is not None:
+                groups[f"{a} lr {lr:g}"] = [s]
+        lr = chosen_lr(summary, a)
+        lines.append(f"| {a} | " + " | ".join(cells) + f" | {'…' if lr is None else f'{lr:g}'} |")
+    lines = ["Training reward, first 3 epochs → last 5 epochs (seed 0):", ""] + lines
+    return lines
+
+
+def section_curves(exp, summary, runs, name, ylabel, heldout_key="score") -> list[str]:
+    groups = _groups(summary, runs)
+    _curve_plot(FIGS / f"{name}.png", groups, ylabel, exp.title)
+    lines = [f"![{name}](results/{name}.png)", "",
+             f"| method | seeds | reward, first 3 epochs | final reward (last {LAST}) | change | held-out {heldout_key} change |",
+             "|---|---|---|---|---|---|"]
+    for label, rs in groups.items():
+        if not rs:
+            lines.append(f"| {label} | 0 | … | … | … | … |")
+            continue
+        start = mean_se([statistics.mean(s["reward"][:3]) for s in rs])
+        end = mean_se([final(s) for s in rs])
+        change = mean_se([final(s) - statistics.mean(s["reward"][:3]) for s in rs])
+        held = mean_se([s["after"]["heldout"].get(heldout_key, float("nan")) - s["before"]["heldout"].get(
+            heldout_key, float("nan")) for s in rs if "heldout" in s["after"]])
+        lines.append(f"| {label} | {len(rs)} | {fmt(*start)} | {fmt(*end)} | {fmt(*change)} | {fmt(*held)} |")
+    return lines
+
+
+def section_fig4(exp, summary, runs, task) -> list[str]:
+    ylabel = "verifier partial credit" if task == "alignment" else "minus JPEG size (kB)"
+    lines = section_curves(exp, summary, runs, f"fig4-{task}", ylabel)
+    groups = _groups(summary, runs)
+    finals = {k: [final(s) for s in v] for k, v in groups.items()}
+    claims = []
+    if finals.get("DDPO-IS") and (finals.get("RWR") or finals.get("RWR-sparse")):
+        best_rwr = max(("RWR", "RWR-sparse"), key=lambda k: mean_se(finals.get(k) or [float("-inf")])[0])
+        claims.append("- DDPO > RWR: " + verdict(finals["DDPO-IS"], finals[best_rwr], "DDPO-IS", best_rwr)
+                      + " (against the better RWR)")
+    if finals.get("DDPO-IS") and finals.get("DDPO-SF"):
+        claims.append("- IS ≥ SF: " + verdict(finals["DDPO-IS"], finals["DDPO-SF"], "DDPO-IS", "DDPO-SF"))
+    return lines + ([""] + claims if claims else [])
+
+
+def section_kl(exp, summary, runs) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = _groups(summary, runs)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    for i, (label, rs) in enumerate(groups.items()):
+        for s in rs:
+            kb = s["components"].get("jpeg-incompressibility") or s["reward"]
+            acc = s["accuracy"]
+            x = [(e + 1) * s["queries_per_epoch"] for e in range(len(kb))]
+            roll = [statistics.mean(kb[max(0, e - 2):e + 1]) for e in range(len(kb))]
+            racc = [statistics.mean(acc[max(0, e - 4):e + 1]) for e in range(len(acc))]
+            axes[0].plot(x, roll, color=f"C{i}", label=label)
+            axes[1].plot(roll, racc, color=f"C{i}", label=label)
+    axes[0].set(xlabel="reward queries", ylabel="JPEG size (kB), optimised")
+    axes[1].set(xlabel="JPEG size (kB), optimised", ylabel="verifier accuracy (5-epoch mean)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(exp.title, fontsize=9)
+    fig.tight_layout()
+    FIGS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGS / "kl-hacking.png")
+    plt.close(fig)
+    lines = ["![kl-hacking](results/kl-hacking.png)", "",
+             "| KL coefficient | JPEG kB, first 3 → last 5 epochs | verifier accuracy, first 5 → last 5 epochs "
+             "| held-out JPEG kB before → after | held-out accuracy before → after (± paired s.e.) |",
+             "|---|---|---|---|---|"]
+    from ddrl.train.report import paired_change
+
+    for label, rs in groups.items():
+        for s in rs:
+            kb = s["components"].get("jpeg-incompressibility") or s["reward"]
+            acc = s["accuracy"]
+            hb, ha = s["before"]["heldout"], s["after"]["heldout"]
+            d, se = paired_change(s["before"]["heldout_correct"], s["after"]["heldout_correct"])
+            lines.append(f"| {label} | {statistics.mean(kb[:3]):.2f} → {statistics.mean(kb[-LAST:]):.2f} "
+                         f"| {statistics.mean(acc[:5]):.3f} → {statistics.mean(acc[-LAST:]):.3f} "
+                         f"| {hb['reward']:.2f} → {ha['reward']:.2f} "
+                         f"| {hb['accuracy_per_image']:.3f} → {ha['accuracy_per_image']:.3f} ({d:+.3f} ± {se:.3f}) |")
+    return lines
+
+
+def write_results(summary: dict, experiments: dict, doc: Path, figs: Path) -> None:
+    global FIGS
+    FIGS = figs
+    out = ["# Results: the papers' comparisons on the shapes world", "",
+           "Written by `python benchmarks/reproduce.py` from its runs (summarised in "
+           "benchmarks/results/reproduce.json); rerun it to extend or refresh them. Means ± standard errors "
+           "over seeds; a difference within two standard errors is called noise. Reward queries are samples "
+           "scored. The shapes world, its models and its rewards are built in (no downloads); budgets are CPU "
+           "budgets, far below the papers', so the comparisons are of early learning.", ""]
+    for name, exp in experiments.items():
+        runs = exp.runs(summary)
+        out += [f"## {exp.title}", "", f"`python benchmarks/reproduce.py {name}`", "", exp.about, ""]
+        if budget := _budget(runs, summary):
+            out += [budget, ""]
+        if not runs or not any(r.name in summary for rs in runs.values() for r in rs):
+            out += ["Not run yet.", ""]
+            continue
+        if name == "lr-sweep":
+            out += section_sweep(exp, summary)
+        elif name.startswith("fig4-"):
+            out += section_fig4(exp, summary, runs, name.removeprefix("fig4-"))
+        elif name == "kl-hacking":
+            out += section_kl(exp, summary, runs)
+        else:
+            out += section_curves(exp, summary, runs, name, "verifier partial credit", "accuracy_per_image")
+        out += [""] + _commands(runs)
+        if notes := exp.extra.get("notes"):
+            out += [notes, ""]
+    doc.write_text("\n".join(out) + "\n")
