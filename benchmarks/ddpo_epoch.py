@@ -8,7 +8,10 @@ Settings match TRL's: LoRA r=4 on to_q/k/v/out, lr 3e-4, eta 1, guidance 5 (also
 one inner epoch, one optimizer step per epoch over every step of every sample, batch-normalised
 advantages, JPEG compressibility. TRL runs from `--trl-python` (default: $DDRL_TRL_PYTHON),
 an interpreter whose environment has `trl[diffusers]==0.23.1`; it is skipped when absent.
-The first epoch of each is warm-up and left out of the medians.
+The first epoch of each is warm-up and left out of the medians. Every variant and TRL run in
+rounds, interleaved, and each figure is the best round's: a job that starts or stops on the same
+machine then distorts one round, not one contestant. A load average above the core count is
+reported before and after.
 """
 
 from __future__ import annotations
@@ -94,45 +97,60 @@ def run_trl(python: str, samples: int, steps: int, epochs: int) -> dict | None:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def load_warning() -> str:
+    """A loaded machine distorts every figure: 2 + 2 threads on 2 cores spin against each other
+    (a sequential TRL run once timed 30x its quiet figure under another job)."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    return f"WARNING: load average {load:.1f} is above the {cores} cores; these timings are distorted" if load > cores else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=16)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=2,
+                    help="rounds of every variant and TRL, interleaved (ABAB); each figure is its best round")
     ap.add_argument("--trl-python", default=os.environ.get("DDRL_TRL_PYTHON"))
     args = ap.parse_args()
     from ddrl.cli import quiet_libraries
 
     quiet_libraries()
+    if warning := load_warning():
+        print(warning)
     print(f"DDPO epoch of {args.samples} samples x {args.steps} steps on shapes-sd, torch threads "
-          f"{torch.get_num_threads()}; medians over epochs 2..{args.epochs}\n")
-    print(f"{'ddrl variant':<34}{'epoch s':>9}{'sample':>9}{'reward':>9}{'train':>9}{'isolated':>10}{'ratio':>7}")
+          f"{torch.get_num_threads()}; medians over epochs 2..{args.epochs}, best of {args.repeats} interleaved rounds\n")
     variants = {"re-score, 1 step per forward": {"train.single_pass": False, "train.timesteps_per_forward": 1},
                 "re-score, 4 steps per forward": {"train.single_pass": False, "train.timesteps_per_forward": 4},
                 "single pass (default here)": {"train.single_pass": True}}
-    results = {}
-    for name, extra in variants.items():
-        cfg = ddrl_config(args.samples, args.steps, **extra)
-        rows, tr = run_ddrl(cfg, args.epochs)
-        iso = isolated_seconds(tr, tr.algorithm.keeps_sampling_graph(cfg), cfg.train.timesteps_per_forward)
-        ep = median(rows, "perf/epoch_s")
-        results[name] = ep
-        print(f"{name:<34}{ep:>9.2f}{median(rows, 'perf/sample_s'):>9.2f}{median(rows, 'perf/reward_s'):>9.2f}"
-              f"{median(rows, 'perf/train_s'):>9.2f}{iso:>10.2f}{ep / iso:>7.2f}")
-    best = min(results.values())
-    if not args.trl_python or not Path(args.trl_python).exists():
+    trl_ok = bool(args.trl_python) and Path(args.trl_python).exists()
+    best: dict[str, tuple] = {}
+    trl_best = None
+    for _ in range(args.repeats):
+        for name, extra in variants.items():
+            cfg = ddrl_config(args.samples, args.steps, **extra)
+            rows, tr = run_ddrl(cfg, args.epochs)
+            iso = isolated_seconds(tr, tr.algorithm.keeps_sampling_graph(cfg), cfg.train.timesteps_per_forward)
+            row = (median(rows, "perf/epoch_s"), median(rows, "perf/sample_s"), median(rows, "perf/reward_s"),
+                   median(rows, "perf/train_s"), iso)
+            best[name] = min(best.get(name, row), row)
+        if trl_ok and (trl := run_trl(args.trl_python, args.samples, args.steps, args.epochs)) is not None:
+            row = (median(trl["epochs"], "epoch_s"), median(trl["epochs"], "sample_s"), median(trl["epochs"], "train_s"))
+            trl_best = min(trl_best or row, row)
+    print(f"{'ddrl variant':<34}{'epoch s':>9}{'sample':>9}{'reward':>9}{'train':>9}{'isolated':>10}{'ratio':>7}")
+    for name, (ep, sa, rw, trn, iso) in best.items():
+        print(f"{name:<34}{ep:>9.2f}{sa:>9.2f}{rw:>9.2f}{trn:>9.2f}{iso:>10.2f}{ep / iso:>7.2f}")
+    if not trl_ok:
         print("\nTRL 0.23.1 comparison skipped: pass --trl-python (or set DDRL_TRL_PYTHON) to an interpreter "
               "whose environment has trl[diffusers]==0.23.1")
-        return
-    trl = run_trl(args.trl_python, args.samples, args.steps, args.epochs)
-    if trl is None:
-        return
-    t_ep = median(trl["epochs"], "epoch_s")
-    print(f"\n{'TRL 0.23.1 DDPOTrainer':<34}{t_ep:>9.2f}{median(trl['epochs'], 'sample_s'):>9.2f}{'':>9}"
-          f"{median(trl['epochs'], 'train_s'):>9.2f}")
-    for name, ep in results.items():
-        print(f"  ddrl {name}: {ep / t_ep:.2f}x TRL's epoch time")
-    print(f"best ddrl / TRL = {best / t_ep:.2f}")
+    elif trl_best is not None:
+        t_ep, t_sa, t_tr = trl_best
+        print(f"\n{'TRL 0.23.1 DDPOTrainer':<34}{t_ep:>9.2f}{t_sa:>9.2f}{'':>9}{t_tr:>9.2f}")
+        for name, row in best.items():
+            print(f"  ddrl {name}: {row[0] / t_ep:.2f}x TRL's epoch time")
+        print(f"best ddrl / TRL = {min(r[0] for r in best.values()) / t_ep:.2f}")
+    if warning := load_warning():
+        print(warning)
 
 
 if __name__ == "__main__":

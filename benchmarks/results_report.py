@@ -197,6 +197,32 @@ def section_kl(exp, summary, runs) -> list[str]:
     return lines
 
 
+def section_generalisation(exp, summary, runs) -> list[str]:
+    rs = [s for v in _groups(summary, runs).values() for s in v]
+    keys = [k for k in rs[0]["before"]["heldout"] if k.startswith("accuracy/")] + ["accuracy_per_image", "score"]
+    lines = [f"Per category, mean over {len(rs)} seed(s) (± s.e. of the change across seeds); "
+             "accuracy/<category> is the fraction of prompts whose images are mostly correct, "
+             "accuracy_per_image the fraction of images that are.", "",
+             "| metric | training prompts: before → after | change | held-out prompts: before → after | change |",
+             "|---|---|---|---|---|"]
+    for k in keys:
+        cells = []
+        for split in ("train", "heldout"):
+            b = [s["before"][split][k] for s in rs if split in s["before"]]
+            a = [s["after"][split][k] for s in rs if split in s["after"]]
+            d = mean_se([y - x for x, y in zip(b, a)])
+            cells += [f"{statistics.mean(b):.3f} → {statistics.mean(a):.3f}" if b else "…", fmt(*d) if b else "…"]
+        lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    from ddrl.train.report import headline
+
+    lines += ["", "Each seed's headline, held-out:", ""]
+    for s in rs:
+        before = {"heldout": s["before"]["heldout"], "per_image": {"heldout": {"correct": s["before"]["heldout_correct"]}}}
+        after = {"heldout": s["after"]["heldout"], "per_image": {"heldout": {"correct": s["after"]["heldout_correct"]}}}
+        lines.append(f"- {headline(before, after, 'reward')}")
+    return lines
+
+
 def write_results(summary: dict, experiments: dict, doc: Path, figs: Path) -> None:
     global FIGS
     FIGS = figs
@@ -218,6 +244,8 @@ def write_results(summary: dict, experiments: dict, doc: Path, figs: Path) -> No
             out += section_sweep(exp, summary)
         elif name.startswith("fig4-"):
             out += section_fig4(exp, summary, runs, name.removeprefix("fig4-"))
+        elif name == "generalisation":
+            out += section_generalisation(exp, summary, runs)
         elif name == "kl-hacking":
             out += section_kl(exp, summary, runs)
         else:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job: set up the environment if needed, then run ddrl. With no arguments it runs
-# `ddrl train`: DDPO on the built-in model with the shapes verifier reward (about 10 minutes on
-# a 2-core CPU), leaving its report in runs/shapes-alignment-<date>/report.md. Any arguments
+# `ddrl train`: Pref-GRPO on the built-in flow model with the shapes verifier reward (about 5
+# minutes on a 2-core CPU), leaving its report in runs/shapes-quick-<date>/report.md. Any arguments
 # are passed to `ddrl` instead (for example: scripts/run.sh sample --model shapes-flow).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"

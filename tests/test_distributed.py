@@ -24,7 +24,7 @@ def _train_args(folder, run, **sizes) -> list[str]:
             "train.min-count": 2, "train.buffer-size": 4, "run.epochs": 2, "eval.max-prompts": 1,
             "eval.grid-every": 0, "train.adam-eps": 1.0, "train.learning-rate": 1.0,
             "run.output-dir": str(run)} | sizes
-    return ["train"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
+    return ["train", "shapes-alignment"] + [x for k, v in args.items() for x in (f"--{k}", str(v))]
 
 
 def _result(run):

@@ -195,7 +195,7 @@ def test_a_real_file_size_limit_is_one_line_and_leaves_no_partial_checkpoint(tin
             "resource.setrlimit(resource.RLIMIT_FSIZE, (30000, 30000)); from ddrl.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     run = tmp_path / "run"
-    args = ["train", "--model.name", str(tiny_sd_folder), "--reward.name", "jpeg-compressibility",
+    args = ["train", "shapes-alignment", "--model.name", str(tiny_sd_folder), "--reward.name", "jpeg-compressibility",
             "--sample.num-steps", "2", "--sample.batch-size", "2", "--sample.num-batches-per-epoch", "1",
             "--train.batch-size", "2", "--sample.images-per-prompt", "2", "--run.epochs", "1",
             "--eval.max-prompts", "1", "--eval.grid-every", "0",

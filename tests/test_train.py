@@ -178,7 +178,7 @@ def test_resuming_with_another_config_is_refused(uninterrupted, capsys):
 
 def cli_train_command(folder, run, epochs: int, *overrides: str) -> list[str]:
     """`python -m ddrl.cli train` on a tiny model (about a second an epoch); later overrides win."""
-    return [sys.executable, "-m", "ddrl.cli", "train", "--model.name", str(folder),
+    return [sys.executable, "-m", "ddrl.cli", "train", "shapes-alignment", "--model.name", str(folder),
             "--reward.name", "jpeg-compressibility", "--sample.num-steps", "4", "--sample.batch-size", "4",
             "--sample.num-batches-per-epoch", "1", "--train.batch-size", "4", "--run.epochs", str(epochs),
             "--eval.max-prompts", "1", "--eval.grid-every", "0", "--run.output-dir", str(run), *overrides]
@@ -286,3 +286,35 @@ def test_prompt_metadata_from_jsonl_routes_each_prompt_to_its_reward(tiny_sd_fol
     m = tr.run_epoch(0, ThreadPoolExecutor(1))
     # compressibility is -kB < 0 and incompressibility +kB > 0: each prompt went to its own reward
     assert m["reward/jpeg-compressibility/mean"] < 0 < m["reward/jpeg-incompressibility/mean"]
+
+
+def test_ddpo_sf_takes_one_optimizer_step_per_epoch():
+    """DDPO-SF's REINFORCE gradient holds at the sampling policy only (the paper takes one step
+    per batch of fresh samples); several steps per epoch are refused with the setting that fixes it."""
+    from ddrl.presets import preset_config
+
+    cfg = apply_overrides(preset_config("shapes-alignment-sf"), {"train.gradient_accumulation_steps": 1})
+    with pytest.raises(ConfigError, match="one optimizer step per epoch.*gradient_accumulation_steps 4"):
+        validate(cfg)
+    validate(apply_overrides(cfg, {"train.gradient_accumulation_steps": 4}))
+
+
+# The main job's speed on a quiet 2-core CPU, measured by benchmarks/main_job.py
+# (benchmarks/results/main_job.md): seconds per epoch of 64 samples x 6 steps, per evaluated image
+# (10 ODE steps), and the model loading, grids and report together.
+MAIN_JOB_EPOCH_S, MAIN_JOB_EVAL_IMAGE_S, MAIN_JOB_FIXED_S = 5.4, 0.05, 15.0
+
+
+def test_the_main_job_is_the_default_and_fits_five_minutes_at_its_measured_speed():
+    from ddrl.presets import DEFAULT_PRESET, preset_config
+    from ddrl.worlds.shapes import split
+
+    cfg = preset_config(DEFAULT_PRESET)
+    validate(cfg)
+    assert cfg.samples_per_epoch == 64 and cfg.sample.num_steps == 6 and cfg.eval_steps == 10
+    images = len(split("heldout")) * cfg.eval.images_per_prompt + len(split("train")) * cfg.eval.train_images_per_prompt
+    grids = (cfg.run.epochs // cfg.eval.grid_every if cfg.eval.grid_every else 0) * cfg.eval.grid_size
+    seconds = MAIN_JOB_FIXED_S + cfg.run.epochs * MAIN_JOB_EPOCH_S + (2 * images + grids) * MAIN_JOB_EVAL_IMAGE_S
+    assert seconds <= 300, seconds
+    # the paired standard error of a per-image accuracy change stays honest: at least 400 images
+    assert len(split("heldout")) * cfg.eval.images_per_prompt >= 400

@@ -304,11 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="fine-tune a model with RL against a reward",
                        description="Fine-tune with DDPO-IS, DDPO-SF or RWR (diffusion models), or Flow-GRPO, "
-                       "Pref-GRPO or DiffusionNFT (flow-matching models). With no arguments: DDPO-IS on "
-                       "the built-in shapes-sd model with the shapes verifier reward (about 10 minutes on a "
-                       "laptop CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
+                       "Pref-GRPO or DiffusionNFT (flow-matching models). With no arguments: Pref-GRPO on "
+                       "the built-in shapes-flow model with the shapes verifier reward (about 5 minutes on a "
+                       "2-core CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
                        "`ddrl presets` lists the presets.")
-    p.add_argument("preset", nargs="?", help="a preset name or a config.yaml (default: shapes-alignment)")
+    p.add_argument("preset", nargs="?", help="a preset name or a config.yaml (default: shapes-quick)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint "
                    "(with more --run.epochs, or another checkpoint or grid cadence)")
     p.add_argument("--resume-override", action="store_true",

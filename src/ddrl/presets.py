@@ -31,7 +31,7 @@ _SD15 = {"model.name": "CompVis/stable-diffusion-v1-4", "prompts.source": "anima
          "model.lora_rank": 4, "model.lora_alpha": 4.0, "run.epochs": 100,
          "run.mixed_precision": "fp16", "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
 
-# The main job, sized to finish in about 10 minutes on a 2-core CPU: 10 DDPM-like steps sample
+# DDPO on shapes-sd (the main job before shapes-quick, about 10 minutes): 10 DDPM-like steps sample
 # as well as 20 on shapes-sd; 4 images per prompt give per-prompt advantages from the first
 # epoch; 4 PPO minibatches per epoch; LoRA rank 16 on the attention projections. With 10 steps
 # each step's log-prob moves more per update than with the paper's 50, and clip range 1e-4
@@ -57,6 +57,18 @@ _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts
          "model.lora_rank": 16, "model.lora_alpha": 16.0, "run.epochs": 100, "eval.grid_every": 20,
          "eval.images_per_prompt": 4, "eval.train_images_per_prompt": 2}
 
+# The main job (`ddrl train` with no arguments), sized for 5 minutes on a 2-core CPU. Pref-GRPO on
+# shapes-flow learned the most per minute of what was measured (benchmarks/results/main_job.md):
+# the flow model's rollouts and updates are cheaper than shapes-sd's, and only the 3 high-noise
+# steps are trained. 6 rollout steps instead of 10 (the 3 trained ones are then half the
+# trajectory), lr 3e-3 (the 100-epoch preset needs 1e-3: at 3e-3 its reward fell after about 30
+# epochs), 30 epochs, and the
+# evaluation on 8 images per held-out prompt (440 images, 10 ODE steps) so its paired standard
+# error is about 0.02; no evaluation on training prompts.
+_QUICK = _FLOW | {"train.algorithm": "pref-grpo", "sample.num_steps": 6, "train.learning_rate": 3e-3,
+                  "run.epochs": 30, "eval.num_steps": 10, "eval.images_per_prompt": 8,
+                  "eval.train_images_per_prompt": 0, "eval.grid_every": 10}
+
 # SD3.5-Medium paper settings (Flow-GRPO config/grpo.py geneval_sd3 / pickscore_sd3; DiffusionNFT
 # config/nft.py), written per GPU process for `accelerate launch` on 8 GPUs: 48 groups of 24
 # images per epoch, KL in the training script's form (train.kl_form code) at the papers' beta, and
@@ -74,9 +86,11 @@ _SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_st
          "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
 
 PRESETS: dict[str, Preset] = {
+    "shapes-quick": Preset(
+        "Pref-GRPO on shapes-flow with the verifier reward, sized for 5 minutes on a 2-core CPU "
+        "(the default of `ddrl train`)", _QUICK),
     "shapes-alignment": Preset(
-        "DDPO-IS on shapes-sd, reward = verifier partial credit on the training prompts "
-        "(the default of `ddrl train`)", _ALIGNMENT),
+        "DDPO-IS on shapes-sd, reward = verifier partial credit on the training prompts", _ALIGNMENT),
     "shapes-alignment-sf": Preset(
         "DDPO-SF (REINFORCE) on shapes-sd with the verifier reward",
         _ALIGNMENT | {"train.algorithm": "ddpo-sf", "train.gradient_accumulation_steps": 4}),
@@ -137,7 +151,7 @@ PRESETS: dict[str, Preset] = {
                  "train.gradient_accumulation_steps": 6, "train.buffer_size": 32}),
 }
 
-DEFAULT_PRESET = "shapes-alignment"
+DEFAULT_PRESET = "shapes-quick"
 
 
 def preset_config(name: str) -> Config:

@@ -38,7 +38,7 @@ def headline(before: dict, after: dict, reward_name: str) -> str:
         d, se = paired_change(pb.get("reward", []), pa.get("reward", []))
         b, a = before["heldout"]["reward"], after["heldout"]["reward"]
         what = f"held-out {reward_name} {b:.3f} → {a:.3f} ({d:+.3f}"
-    n = len(pb.get("reward", []))
+    n = len(pb.get("correct") or pb.get("reward") or [])
     sig = f", {d / se:.1f} s.e." if se == se and se > 0 else ""
     return f"{what}{sig}; {n} images, the same seeds before and after)"
 
