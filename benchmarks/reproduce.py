@@ -116,9 +116,9 @@ FLOW_BUDGET = {"run__epochs": 30, "run__save_every": 5, "eval__images_per_prompt
                "eval__train_images_per_prompt": 0, "eval__num_steps": 10, "eval__grid_every": 0}
 
 # KL against reward hacking: incompressibility (the paper's texture hack) pushed for 40 epochs at
-# three KL coefficients; the verifier rides along at weight 0, so its accuracy is logged each
-# epoch without changing the objective.
-KL_COEFS = (0.0, 0.01, 0.1)
+# four KL coefficients a decade apart; the verifier rides along at weight 0, so its accuracy is
+# logged each epoch without changing the objective.
+KL_COEFS = (0.0, 0.1, 1.0, 10.0)
 KL_BUDGET = FIG4_BUDGET | {"run__epochs": 40, "reward__name": "jpeg-incompressibility + 0*shapes-verifier",
                            "train__learning_rate": 3e-3, "eval__max_prompts": 0, "eval__images_per_prompt": 2}
 
@@ -156,7 +156,7 @@ EXPERIMENTS = {
                              lambda s: {f"KL {b:g}": [run("shapes-incompressibility", seed, **KL_BUDGET,
                                                           train__kl_coef=b) for seed in (0,)] for b in KL_COEFS},
                              "DDPO-IS pushing JPEG size up (the paper's texture hack) at lr 3e-3 for 40 epochs, at "
-                             "three KL coefficients; the verifier's accuracy on the same samples is the held-out "
+                             "four KL coefficients; the verifier's accuracy on the same samples is the held-out "
                              "measure of what the images still show."),
     "flow-family": Experiment("The flow family at equal reward queries",
                               lambda s: {k: [run(p, seed, **FLOW_BUDGET) for seed in FLOW_SEEDS] for k, p in FLOW.items()},
