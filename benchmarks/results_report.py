@@ -147,11 +147,11 @@ def section_curves(exp, summary, runs, name, ylabel, heldout_key="score") -> lis
 
 def section_fig4(exp, summary, runs, task) -> list[str]:
     ylabel = "verifier partial credit" if task == "alignment" else "minus JPEG size (kB)"
-    lines = section_curves(exp, summary, runs, f"fig4-{task}", ylabel)
+    lines = section_curves(exp, summary, runs, f"fig4-{task}", ylabel, "reward")
     groups = _groups(summary, runs)
     claims = []
     for what, value in (("final training reward", final),
-                        ("held-out score change", lambda s: s["after"]["heldout"]["score"] - s["before"]["heldout"]["score"])):
+                        ("held-out reward change", lambda s: s["after"]["heldout"]["reward"] - s["before"]["heldout"]["reward"])):
         v = {k: [value(s) for s in rs] for k, rs in groups.items() if rs}
         if v.get("DDPO-IS") and (v.get("RWR") or v.get("RWR-sparse")):
             best = max((k for k in ("RWR", "RWR-sparse") if v.get(k)), key=lambda k: mean_se(v[k])[0])

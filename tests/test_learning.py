@@ -8,7 +8,6 @@ from ddrl.config import apply_overrides
 from ddrl.presets import preset_config
 from ddrl.train import train
 from ddrl.train.metrics import read_metrics
-from ddrl.train.report import paired_change
 
 pytestmark = pytest.mark.learning
 
@@ -45,33 +44,3 @@ def test_ddpo_with_lora_at_its_default_learning_rate_raises_jpeg_incompressibili
 def test_ddpo_full_fine_tuning_at_its_default_learning_rate_raises_jpeg_incompressibility(tmp_path):
     _assert_raised(*_short_jpeg_run(tmp_path, **{"model.lora": False}))
 
-
-PROMPT = "a purple square and a red triangle"
-
-
-def _short_alignment_run(tmp_path, preset: str) -> tuple[float, float]:
-    """The preset's algorithm, learning rate, guidance, LoRA and per-optimizer-step batch, shrunk:
-    one training prompt on which the base shapes-sd scores about 0.7 (partial credit; 25% of its
-    images correct), 32 samples of 4 DDIM steps per epoch, 24 epochs (about a minute on 2 CPU
-    cores). The verifier reward is measured before and after on the same 256 seeds, so its change
-    is a paired difference; it must exceed three of its standard errors, which a run that learns
-    nothing passes with probability under 0.2%."""
-    prompts = tmp_path / "prompts.txt"
-    prompts.write_text(PROMPT)
-    cfg = preset_config(preset)
-    one_step = cfg.optimizer_steps_per_epoch == 1  # DDPO-SF: every minibatch of the epoch in one step
-    cfg = apply_overrides(cfg, {
-        "prompts.source": f"file:{prompts}", "prompts.eval_source": f"file:{prompts}", "sample.num_steps": 4,
-        "sample.batch_size": 32, "sample.num_batches_per_epoch": 1, "sample.images_per_prompt": 16,
-        "train.gradient_accumulation_steps": 32 // cfg.train.batch_size if one_step else 1,
-        "run.epochs": 24, "eval.images_per_prompt": 256, "eval.train_images_per_prompt": 0,
-        "eval.grid_every": 0, "run.output_dir": str(tmp_path / "run")})
-    result = train(cfg, tmp_path / "run")
-    return paired_change(result["before"]["per_image"]["heldout"]["reward"],
-                         result["after"]["per_image"]["heldout"]["reward"])
-
-
-@pytest.mark.parametrize("preset", ["shapes-alignment-sf", "shapes-alignment-rwr"])
-def test_ddpo_family_preset_raises_the_verifier_reward_in_a_short_run(tmp_path, preset):
-    change, se = _short_alignment_run(tmp_path, preset)
-    assert change > 3 * se, (change, se)

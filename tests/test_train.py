@@ -318,3 +318,28 @@ def test_the_main_job_is_the_default_and_fits_five_minutes_at_its_measured_speed
     assert seconds <= 300, seconds
     # the paired standard error of a per-image accuracy change stays honest: at least 400 images
     assert len(split("heldout")) * cfg.eval.images_per_prompt >= 400
+
+
+def test_the_report_headline_gives_the_paired_change_in_standard_errors():
+    """4 images: correct 0,0,1,1 before and 1,1,1,0 after; differences 1,1,0,-1 have mean 1/4 and
+    sample variance (3 (3/4)^2 + (5/4)^2) / 3 = 11/12, so s.e. = sqrt(11/12 / 4) = 0.4787 and the
+    change is 0.52 s.e.; accuracy 50% -> 75%."""
+    from ddrl.train.report import headline
+
+    before = {"heldout": {"accuracy_per_image": 0.5, "reward": 0.6}, "per_image": {"heldout": {"correct": [0, 0, 1, 1]}}}
+    after = {"heldout": {"accuracy_per_image": 0.75, "reward": 0.7}, "per_image": {"heldout": {"correct": [1, 1, 1, 0]}}}
+    assert headline(before, after, "shapes-verifier") == (
+        "held-out accuracy 50% → 75% (+25 points, 0.5 s.e.; 4 images, the same seeds before and after)")
+    # no verdict (not a shapes prompt): the reward instead; differences 0.1, 0.1, 0.2, 0: mean 0.1,
+    # variance 0.02 / 3, s.e. sqrt(0.02 / 12) = 0.0408, 2.4 s.e.
+    before["per_image"]["heldout"] = {"reward": [0.5, 0.7, 0.6, 0.6]}
+    after["per_image"]["heldout"] = {"reward": [0.6, 0.8, 0.8, 0.6]}
+    assert headline(before, after, "aesthetic").startswith("held-out aesthetic 0.600 → 0.700 (+0.100, 2.4 s.e.;")
+
+
+def test_animal_activities_are_every_animal_doing_each_of_the_papers_three_activities():
+    from ddrl.prompts import ANIMALS, load_prompts
+
+    prompts = load_prompts("animal-activities")
+    assert len(prompts) == 3 * len(ANIMALS) and len(set(prompts)) == len(prompts)
+    assert "a cat riding a bike" in prompts and "an owl playing chess" in prompts

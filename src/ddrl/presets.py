@@ -64,9 +64,8 @@ _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts
 # the flow model's rollouts and updates are cheaper than shapes-sd's, and only the 3 high-noise
 # steps are trained. 6 rollout steps instead of 10 (the 3 trained ones are then half the
 # trajectory), lr 3e-3 (the 100-epoch preset needs 1e-3: at 3e-3 its reward fell after about 30
-# epochs), 30 epochs, and the
-# evaluation on 8 images per held-out prompt (440 images, 10 ODE steps) so its paired standard
-# error is about 0.02; no evaluation on training prompts.
+# epochs), 30 epochs, and the evaluation on 8 images per held-out prompt (440 images, 10 ODE
+# steps) so its paired standard error is about 0.02; no evaluation on training prompts.
 _QUICK = _FLOW | {"train.algorithm": "pref-grpo", "sample.num_steps": 6, "train.learning_rate": 3e-3,
                   "run.epochs": 30, "eval.num_steps": 10, "eval.images_per_prompt": 8,
                   "eval.train_images_per_prompt": 0, "eval.grid_every": 10}

@@ -28,8 +28,9 @@ def animal_activities() -> list[str]:
 
 
 def load_prompt_records(source: str) -> list[tuple[str, dict]]:
-    """(prompt, metadata) pairs from shapes:train|heldout|all, animals, animal-activities, file:PATH.txt (one prompt
-    per non-empty line) or file:PATH.jsonl (objects with "prompt"; the other keys are metadata)."""
+    """(prompt, metadata) pairs from shapes:train|heldout|all, animals, animal-activities,
+    file:PATH.txt (one prompt per non-empty line) or file:PATH.jsonl (objects with "prompt"; the
+    other keys are metadata)."""
     if source.startswith("shapes:"):
         from .worlds.shapes import split
 
