@@ -199,8 +199,8 @@ def summarise(r: Run) -> dict | None:
     rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines() if line.strip()]
     before, after = (json.loads((d / f"eval_{t}.json").read_text()) for t in ("before", "after"))
     sample = run_config(r)["sample"]
-    out = {"queries_per_epoch": sample["batch_size"] * sample["num_batches_per_epoch"], "reward": [r_["reward/mean"] for r_ in rows],
-           "accuracy": [r_.get("reward/accuracy") for r_ in rows],
+    out = {"queries_per_epoch": sample["batch_size"] * sample["num_batches_per_epoch"],
+           "reward": [r_["reward/mean"] for r_ in rows], "accuracy": [r_.get("reward/accuracy") for r_ in rows],
            "components": {k.split("/")[1]: [r_.get(k) for r_ in rows] for k in rows[0]
                           if k.startswith("reward/") and k.endswith("/mean") and k.count("/") == 2},
            "minutes": sum(r_["perf/epoch_s"] for r_ in rows) / 60, "before": {}, "after": {}}

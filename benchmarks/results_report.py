@@ -103,7 +103,9 @@ def _commands(runs: dict) -> list[str]:
     first = next((rs[0] for rs in runs.values() if rs), None)
     if first is None:
         return []
-    cmd = " ".join(first.command(resume=False)[1:]).replace(str(Path(__file__).resolve().parents[1]) + "/", "")
+    import shlex
+
+    cmd = shlex.join(first.command(resume=False)[1:]).replace(str(Path(__file__).resolve().parents[1]) + "/", "")
     return ["Example command (seed 0 of the first row):", "", f"    ddrl {cmd}", ""]
 
 

@@ -88,8 +88,7 @@ _SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_st
 
 PRESETS: dict[str, Preset] = {
     "shapes-quick": Preset(
-        "Pref-GRPO on shapes-flow with the verifier reward, sized for 5 minutes on a 2-core CPU "
-        "(the default of `ddrl train`)", _QUICK),
+        "Pref-GRPO on shapes-flow with the verifier reward, sized for 5 minutes on a 2-core CPU", _QUICK),
     "shapes-alignment": Preset(
         "DDPO-IS on shapes-sd, reward = verifier partial credit on the training prompts", _ALIGNMENT),
     "shapes-alignment-sf": Preset(
