@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "reproduce"
 SUMMARY = ROOT / "benchmarks" / "results" / "reproduce.json"
-DOC, FIGS = ROOT / "docs" / "results.md", ROOT / "docs" / "results"
+DOC = ROOT / "docs" / "results.md"
 SEEDS = (0, 1, 2)
 
 
@@ -265,7 +265,7 @@ def main() -> int:
         run_experiments(names, args.jobs, args.threads)
     from results_report import write_results
 
-    write_results(update_summary(list(EXPERIMENTS)), EXPERIMENTS, DOC, FIGS)
+    write_results(update_summary(list(EXPERIMENTS)), EXPERIMENTS, DOC)
     print(f"wrote {DOC.relative_to(ROOT)}")
     return 0
 

@@ -10,6 +10,7 @@ import statistics
 from pathlib import Path
 
 LAST = 5
+FIGS = Path(__file__).resolve().parents[1] / "docs" / "results"  # the plots docs/results.md shows
 
 
 def mean_se(xs: list[float]) -> tuple[float, float]:
@@ -243,9 +244,7 @@ def section_generalisation(exp, summary, runs) -> list[str]:
     return lines
 
 
-def write_results(summary: dict, experiments: dict, doc: Path, figs: Path) -> None:
-    global FIGS
-    FIGS = figs
+def write_results(summary: dict, experiments: dict, doc: Path) -> None:
     out = ["# Results: the papers' comparisons on the shapes world", "",
            "Written by `python benchmarks/reproduce.py` from its runs (summarised in "
            "benchmarks/results/reproduce.json); rerun it to extend or refresh them. Means ± standard errors "

@@ -43,4 +43,3 @@ def test_ddpo_with_lora_at_its_default_learning_rate_raises_jpeg_incompressibili
 
 def test_ddpo_full_fine_tuning_at_its_default_learning_rate_raises_jpeg_incompressibility(tmp_path):
     _assert_raised(*_short_jpeg_run(tmp_path, **{"model.lora": False}))
-
