@@ -217,10 +217,15 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     algorithm = algorithm_class(t.algorithm)
     print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
           f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
-    print(f"  per epoch: {cfg.global_samples_per_epoch(procs)} samples ({procs} process(es) x {s.num_batches_per_epoch} "
-          f"batches x {s.batch_size}), {s.num_steps} steps each, {algorithm.trained_steps(cfg)} trained; "
-          f"{cfg.optimizer_steps_per_epoch} optimizer step(s) of {t.batch_size * t.gradient_accumulation_steps * procs} "
-          f"samples; {cfg.run.epochs} epochs")
+    if not algorithm.uses_rollouts(cfg):
+        per = f"{cfg.data.pairs_per_epoch} pairs" if cfg.data.pairs_per_epoch else "one pass over the pairs"
+        print(f"  per epoch: {per} of {cfg.data.pairs}, optimizer steps of {t.batch_size * t.gradient_accumulation_steps * procs} "
+              f"pairs; {cfg.run.epochs} epochs; no sampling in training")
+    else:
+        print(f"  per epoch: {cfg.global_samples_per_epoch(procs)} samples ({procs} process(es) x {s.num_batches_per_epoch} "
+              f"batches x {s.batch_size}), {s.num_steps} steps each, {algorithm.trained_steps(cfg)} trained; "
+              f"{cfg.optimizer_steps_per_epoch} optimizer step(s) of {t.batch_size * t.gradient_accumulation_steps * procs} "
+              f"samples; {cfg.run.epochs} epochs")
     if algorithm.keeps_sampling_graph(cfg):
         print("  every update is on-policy: training reuses the sampling pass (no second forward)")
     print(f"  run folder: {run_dir}")

@@ -23,6 +23,7 @@ KLForm = Literal["code", "paper"]
 NFTLoss = Literal["x0-adaptive", "velocity"]
 NFTDecay = Literal["none", "ramp", "delayed"]
 NonFinite = Literal["stop", "skip"]
+TiedGroups = Literal["drop", "arbitrary"]
 
 # keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
 RENAMED = {"train.cfg": "train.rescore_with_guidance"}
@@ -81,7 +82,8 @@ class SampleConfig:
 class TrainConfig:
     algorithm: str = "ddpo-is"
     """a registered algorithm (ddrl.algorithms.ALGORITHMS): ddpo-is (PPO clip), ddpo-sf (REINFORCE),
-    rwr (reward-weighted regression); for flow models flow-grpo (PPO clip, group advantages),
+    rwr (reward-weighted regression); dpo (offline pairs, data.pairs), online-dpo and sft (winners
+    only) for either kind of model; for flow models flow-grpo (PPO clip, group advantages),
     pref-grpo (flow-grpo on group win rates) or nft (DiffusionNFT)"""
     learning_rate: float | None = None
     """AdamW learning rate; None uses the default for LoRA or full fine-tuning"""
@@ -147,6 +149,46 @@ class TrainConfig:
     """RWR inverse temperature of the exponential weights"""
     rwr_percentile: float | None = None
     """RWR-sparse: keep samples at or above this percentile of the batch (None: exponential)"""
+    dpo_beta: float | None = None
+    """dpo/online-dpo: the effective beta of s = -beta * Delta on per-element-mean errors; None: 2500
+    for diffusion models, 50 for flow models. Salesforce's --beta_dpo B and flow_grpo's train.beta B
+    are B / 2 here (they scale by 1/2), diffusers' --beta_dpo B is B"""
+    dpo_ref_update_steps: int = 40
+    """online-dpo/sft: optimizer steps between copies of the learner into the reference, which
+    samples the pairs and anchors the loss (flow_grpo's OnlineDPO: 40; 0 never: pairs always from
+    the base model, flow_grpo's DPO)"""
+    dpo_tied_groups: TiedGroups = "drop"
+    """online-dpo: a group whose rewards are all equal gives no pair (drop), or its second sample
+    over its first, as flow_grpo's stat tracker (arbitrary)"""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    pairs: str = ""
+    """preference pairs for train.algorithm dpo: a JSONL of {prompt, chosen, rejected} image paths
+    (`ddrl reward-pairs` writes PAIRS/train.jsonl), a parquet/arrow file or folder, or a datasets
+    hub id, in Pick-a-Pic v2's columns"""
+    split: str = "train"
+    """the dataset split (hub datasets and save_to_disk folders)"""
+    caption_column: str = "caption"
+    image_0_column: str = "jpg_0"
+    image_1_column: str = "jpg_1"
+    label_column: str = "label_0"
+    """1: image 0 preferred, 0: image 1 preferred, 0.5: a tie (dropped, as the reference)"""
+    max_pairs: int = 0
+    """use the first N usable rows (0: all)"""
+    resolution: int = 0
+    """image side in pixels, after resizing the shorter side and centre-cropping (0: the model's)"""
+    hflip: bool = True
+    """mirror each image at random, as the reference (off for prompts that say left or right)"""
+    empty_prompt_fraction: float = 0.2
+    """pairs trained with the empty prompt (the reference: 0.2)"""
+    pairs_per_epoch: int = 0
+    """pairs per epoch, all processes together (0: one pass over the data, rounded down to whole steps)"""
+    skip_bad_rows: bool = False
+    """skip rows with missing or undecodable images or bad labels, and count them, instead of stopping"""
+    cache_dir: str = ""
+    """where VAE latents are cached (empty: $DDRL_CACHE/pair-latents or ~/.cache/ddrl/pair-latents)"""
 
 
 @dataclass(frozen=True)
@@ -194,6 +236,7 @@ class Config:
     prompts: PromptConfig = field(default_factory=PromptConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -36,6 +36,9 @@ RANGES = {
     "train.adam_eps": "(0, inf)", "train.kl_coef": "[0, inf)", "train.ema_decay": "[0, 1)",
     "train.ema_update_interval": "[1, inf)", "train.nft_beta": "(0, inf)", "train.buffer_size": "[1, inf)",
     "train.min_count": "[1, inf)", "train.rwr_beta": "(0, inf)", "train.rwr_percentile": "[0, 100)",
+    "train.dpo_beta": "(0, inf)", "train.dpo_ref_update_steps": "[0, inf)",
+    "data.max_pairs": "[0, inf)", "data.resolution": "[0, inf)", "data.empty_prompt_fraction": "[0, 1]",
+    "data.pairs_per_epoch": "[0, inf)",
     "eval.num_steps": "[0, inf)", "eval.images_per_prompt": "[1, inf)", "eval.train_images_per_prompt": "[0, inf)",
     "eval.max_prompts": "[0, inf)", "eval.grid_every": "[0, inf)", "eval.grid_size": "[1, inf)",
     "run.epochs": "[1, inf)", "run.seed": "[0, 4294967295]", "run.save_every": "[1, inf)",
@@ -91,6 +94,13 @@ def validate(cfg: Config) -> None:
                           f"= {cfg.minibatches_per_epoch}")
     for k in ("source", "eval_source"):
         _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k))
+    if cfg.data.pairs:
+        from .data.pairs import DataError, pairs_kind
+
+        try:
+            pairs_kind(cfg.data.pairs)
+        except DataError as e:
+            raise ConfigError(str(e)) from None
     algorithm.validate(cfg)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from .base import Algorithm, Context, EpochRewards, Rollouts
 from .ddpo import DDPO, DDPOSF
+from .dpo import DPO, SFT, OnlineDPO
 from .flow_grpo import FlowGRPO
 from .nft import NFT
 from .pref_grpo import PrefGRPO
@@ -17,6 +18,9 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "flow-grpo": FlowGRPO,
     "pref-grpo": PrefGRPO,
     "nft": NFT,
+    "dpo": DPO,
+    "online-dpo": OnlineDPO,
+    "sft": SFT,
 }
 
 __all__ = ["ALGORITHMS", "Algorithm", "Context", "EpochRewards", "Rollouts"]

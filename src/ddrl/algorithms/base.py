@@ -66,12 +66,15 @@ class Context:
     gather: Callable[[Tensor], Tensor]  # (n,) per local sample -> (N,) of all processes, global order
     trainable_state: Callable[[], dict[str, Tensor]]  # the trained weights (live, detached)
     swapped: Callable[[dict[str, Tensor]], contextlib.AbstractContextManager]  # these weights for a while
+    num_processes: int = 1
+    process_index: int = 0
+    is_main: bool = True
 
 
 class Algorithm:
     """Defaults of the optional parts; each algorithm module overrides what it uses."""
 
-    prediction: ClassVar[str]  # "epsilon" (DDIM samplers) or "velocity" (flow samplers)
+    prediction: ClassVar[str | None]  # "epsilon" (DDIM samplers), "velocity" (flow samplers), None: either
     uses_pairwise_judge: ClassVar[bool] = False  # reads reward.pairwise
 
     @classmethod
@@ -82,6 +85,17 @@ class Algorithm:
     def trained_steps(cls, cfg: Config) -> int:
         """Denoising steps trained per sample per pass (printed at start)."""
         return max(1, int(cfg.stochastic_steps * cfg.train.timestep_fraction))
+
+    @classmethod
+    def uses_rollouts(cls, cfg: Config) -> bool:
+        """Whether epochs sample and score rollouts; an offline algorithm trains on its own data in
+        `train_epoch` instead."""
+        return True
+
+    @classmethod
+    def needs_reference(cls, cfg: Config) -> bool:
+        """Whether the reference model is used (under full fine-tuning it is a frozen copy)."""
+        return cfg.train.kl_coef > 0
 
     @classmethod
     def keeps_sampling_graph(cls, cfg: Config) -> bool:
@@ -102,6 +116,10 @@ class Algorithm:
         raise NotImplementedError
 
     def update(self, ro: Rollouts, signal: Tensor, epoch: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """An offline algorithm's epoch (`uses_rollouts` false): its updates and their metrics."""
         raise NotImplementedError
 
     def state_dict(self) -> tuple[dict[str, Tensor], dict]:

@@ -45,7 +45,7 @@ from .report import finish_run
 from .resume import run_config_text
 from .state import load_latest_intact, save_trainer
 
-_PURPOSE = {"noise": 0, "prompt": 1, "train": 2}
+_PURPOSE = {"noise": 0, "prompt": 1, "train": 2, "data": 3, "pairs": 4}
 
 
 class Trainer:
@@ -73,11 +73,15 @@ class Trainer:
 
         self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
         algorithm = algorithm_class(cfg.train.algorithm)
-        if self.policy.prediction != algorithm.prediction:
-            kinds = {"epsilon": "a diffusion (epsilon) model such as shapes-sd or Stable Diffusion",
-                     "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
+        kinds = {"epsilon": "a diffusion (epsilon) model such as shapes-sd or Stable Diffusion",
+                 "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
+        if algorithm.prediction is not None and self.policy.prediction != algorithm.prediction:
             raise ModelError(f"{cfg.model.name!r} is {kinds[self.policy.prediction]}; train.algorithm "
                              f"{cfg.train.algorithm} trains {kinds[algorithm.prediction]}")
+        if (cfg.sample.sampler == "ddim") != (self.policy.prediction == "epsilon"):
+            fix = "ddim" if self.policy.prediction == "epsilon" else "flow-sde, flow-cps, flow-ode or flow-dpm2"
+            raise ModelError(f"{cfg.model.name!r} is {kinds[self.policy.prediction]}; sample.sampler "
+                             f"{cfg.sample.sampler} does not sample it: use {fix}")
         check_prompt_lengths(self.policy, self.train_prompts, f"prompts.source {cfg.prompts.source}")
         check_prompt_lengths(self.policy, self.eval_prompts, f"prompts.eval_source {cfg.prompts.eval_source}")
         self.sampler = self.make_sampler(cfg.sample.num_steps)
@@ -98,7 +102,9 @@ class Trainer:
             cfg=cfg, policy=self.policy, sampler=self.sampler, cond_table=self.cond_table, uncond=self.uncond,
             autocast=self.accelerator.autocast, reference=self.reference, optimizer_step=lambda: self.optimizer_step(),
             optimizer_steps=lambda: self.optimizer_steps, generator=self.generator, gather=self.gather,
-            trainable_state=self.trainable_state, swapped=self._swapped))
+            trainable_state=self.trainable_state, swapped=self._swapped,
+            num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
+            is_main=self.is_main))
 
     # ------------------------------------------------------------------ setup
     def make_sampler(self, num_steps: int):
@@ -142,7 +148,8 @@ class Trainer:
                 net.add_adapter(lora)
             self._frozen_reference = None
         else:
-            self._frozen_reference = copy.deepcopy(net).requires_grad_(False) if self.cfg.train.kl_coef > 0 else None
+            needed = algorithm_class(self.cfg.train.algorithm).needs_reference(self.cfg)
+            self._frozen_reference = copy.deepcopy(net).requires_grad_(False) if needed else None
             net.requires_grad_(True)
         net.train()
         params = [p for p in net.parameters() if p.requires_grad]
@@ -268,6 +275,10 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         self.skipped_steps = 0
         t0 = time.perf_counter()
+        if not self.algorithm.uses_rollouts(cfg):
+            metrics = self.algorithm.train_epoch(epoch)
+            self._check_update(metrics)
+            return metrics | {"perf/train_s": time.perf_counter() - t0, "perf/epoch_s": time.perf_counter() - t0}
         with tqdm(total=cfg.sample.num_batches_per_epoch * cfg.sample.num_steps, unit="step", leave=False,
                   desc=f"epoch {epoch + 1}/{cfg.run.epochs} sampling", disable=not self.is_main) as bar:
             self.nonfinite_batch = 0
@@ -287,17 +298,20 @@ class Trainer:
         per_sample = self.algorithm.signal(batch, metrics)[ro.global_idx]  # this process's samples
         ro.latents = ro.latents.to(acc.device)
         metrics |= self.algorithm.update(ro, per_sample.to(acc.device), epoch)
-        if bad := first_nonfinite(self.trainable_state()):
-            raise self._nonfinite(f"weights ({bad})")
-        if not math.isfinite(metrics.get("train/loss", 0.0)) and cfg.train.nonfinite == "stop":
-            raise self._nonfinite(f"loss ({metrics['train/loss']})", skippable=True)
-        if cfg.train.nonfinite == "skip":
-            metrics["train/skipped_steps"] = self.skipped_steps
+        self._check_update(metrics)
         t3 = time.perf_counter()
         n_global = len(g_rewards)
         metrics |= {"perf/sample_s": t1 - t0, "perf/reward_s": t2 - t1, "perf/train_s": t3 - t2,
                     "perf/epoch_s": t3 - t0, "perf/samples_per_s": n_global / (t3 - t0)}
         return metrics
+
+    def _check_update(self, metrics: dict[str, float]) -> None:
+        if bad := first_nonfinite(self.trainable_state()):
+            raise self._nonfinite(f"weights ({bad})")
+        if not math.isfinite(metrics.get("train/loss", 0.0)) and self.cfg.train.nonfinite == "stop":
+            raise self._nonfinite(f"loss ({metrics['train/loss']})", skippable=True)
+        if self.cfg.train.nonfinite == "skip":
+            metrics["train/skipped_steps"] = self.skipped_steps
 
     def _reward_metrics(self, rewards: Tensor, pids: Tensor, results) -> dict[str, float]:
         name = self.cfg.reward.name
@@ -387,6 +401,11 @@ class Trainer:
         self.accelerator.wait_for_everyone()
 
     def _print(self, epoch: int, m: dict) -> None:
+        if "reward/mean" not in m:  # an offline epoch: no samples, no rewards
+            acc = f"  implicit accuracy {m['train/implicit_accuracy']:.3f}" if "train/implicit_accuracy" in m else ""
+            tqdm.write(f"epoch {epoch + 1:>3}/{self.cfg.run.epochs}  loss {m.get('train/loss', float('nan')):.4f}"
+                       f"{acc}  {m['perf/epoch_s']:.1f}s")
+            return
         acc = f"  accuracy {m['reward/accuracy']:.3f}" if "reward/accuracy" in m else ""
         kl = f"  approx_kl {m['train/approx_kl']:.2e}  clipfrac {m['train/clipfrac']:.3f}" if "train/approx_kl" in m else ""
         tqdm.write(f"epoch {epoch + 1:>3}/{self.cfg.run.epochs}  reward {m['reward/mean']:+.4f} "

@@ -60,6 +60,13 @@ def rolling_window(epochs: int) -> int:
     return max(1, min(10, epochs // 5))
 
 
+def _rolling(ax, x: list, m: list, color: str) -> None:
+    w = rolling_window(len(m))
+    if w > 1:  # one epoch's mean is noisy; the trend is what shows learning
+        roll = [sum(m[max(0, i - w + 1):i + 1]) / len(m[max(0, i - w + 1):i + 1]) for i in range(len(m))]
+        ax.plot(x, roll, color=color, lw=2.2, label=f"rolling mean over {w} epochs")
+
+
 def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dict | None = None) -> None:
     """Training reward mean +- std per epoch; held-out evaluation before/after as markers."""
     import matplotlib
@@ -68,16 +75,20 @@ def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dic
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-    if rows:
+    if rows and "reward/mean" in rows[0]:
         x = [r["epoch"] + 1 for r in rows]
         m = [r["reward/mean"] for r in rows]
         s = [r.get("reward/std", 0.0) for r in rows]
         ax.plot(x, m, color="C0", alpha=0.45, lw=1, label="training reward (mean over epoch samples)")
         ax.fill_between(x, [a - b for a, b in zip(m, s)], [a + b for a, b in zip(m, s)], color="C0", alpha=0.1)
-        w = rolling_window(len(m))
-        if w > 1:  # one epoch's mean is noisy; the trend is what shows learning
-            roll = [sum(m[max(0, i - w + 1):i + 1]) / len(m[max(0, i - w + 1):i + 1]) for i in range(len(m))]
-            ax.plot(x, roll, color="C0", lw=2.2, label=f"rolling mean over {w} epochs")
+        _rolling(ax, x, m, "C0")
+    elif rows and "train/implicit_accuracy" in rows[0]:  # offline training: no rewards until the evaluation
+        twin = ax.twinx()
+        x, m = [r["epoch"] + 1 for r in rows], [r["train/implicit_accuracy"] for r in rows]
+        twin.plot(x, m, color="C3", alpha=0.45, lw=1, label="implicit accuracy on training pairs")
+        _rolling(twin, x, m, "C3")
+        twin.set_ylabel("implicit accuracy")
+        twin.legend(fontsize=7, loc="lower right")
     for label, (epoch, value), color in [(k, v, c) for (k, v), c in zip((evals or {}).items(), ("C1", "C2"))]:
         ax.plot([epoch], [value], "o", color=color, label=label)
     ax.set_xlabel("epoch")

@@ -86,9 +86,13 @@ def finish_run(tr, rows: list[dict], before: dict, after: dict) -> None:
     evals = {"held-out reward before (fixed seeds)": (0, before["heldout"]["reward"]),
              "held-out reward after (fixed seeds)": (tr.epoch, after["heldout"]["reward"])}
     plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)
-    notes = [f"{cfg.train.algorithm} on {cfg.model.name}, reward {cfg.reward.name}, {tr.epoch} epochs "
-             f"of {cfg.global_samples_per_epoch(tr.accelerator.num_processes)} samples "
-             f"({cfg.sample.num_steps} steps, eta {cfg.sample.eta}, guidance {cfg.sample.guidance_scale}).",
+    if tr.algorithm.uses_rollouts(cfg):
+        what = (f"reward {cfg.reward.name}, {tr.epoch} epochs of {cfg.global_samples_per_epoch(tr.accelerator.num_processes)} "
+                f"samples ({cfg.sample.num_steps} steps, eta {cfg.sample.eta}, guidance {cfg.sample.guidance_scale}).")
+    else:  # offline: trained on a dataset, the reward only evaluates
+        what = (f"{tr.epoch} epochs of {cfg.data.pairs_per_epoch or 'all'} pairs from {cfg.data.pairs}; "
+                f"evaluated with reward {cfg.reward.name}.")
+    notes = [f"{cfg.train.algorithm} on {cfg.model.name}, {what}",
              ("Evaluation uses the training sampler with fixed seeds, so before and after see the same noise."
               if cfg.sample.sampler == "ddim" else
               f"Evaluation uses the ODE at {cfg.eval_steps} steps with fixed seeds.")]
