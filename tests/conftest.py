@@ -26,6 +26,25 @@ def tiny_sd_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_folder(tmp_path_factory):
+    """A random-weight SDXL pipeline: two CLIP text encoders (the second with a projection, whose
+    pooled output conditions the UNet with the size ids)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from ddrl.pretrain import components as C
+
+    tok = C.make_clip_tokenizer()
+    pipe = StableDiffusionXLPipeline(
+        vae=C.make_vae(seed=1), text_encoder=C.make_clip_text_model(tok, hidden=16, seed=2), tokenizer=tok,
+        text_encoder_2=C.make_clip_text_model(tok, hidden=16, projection=16, seed=3), tokenizer_2=tok,
+        unet=C.make_sdxl_unet(cross_attention_dim=32, pooled_dim=16, seed=4), scheduler=C.make_ddim_scheduler(),
+        force_zeros_for_empty_prompt=True)
+    path = tmp_path_factory.mktemp("tiny-sdxl")
+    pipe.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_sd3_folder(tmp_path_factory):
     """A random-weight SD3 pipeline (two CLIPs with projection and a T5) built from configs."""
     from diffusers import StableDiffusion3Pipeline

@@ -40,6 +40,22 @@ def test_sd3_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sd3_folder
     assert_close(ddrl_images, out, rtol=0, atol=2e-5)
 
 
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_sdxl_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sdxl_folder, guidance):
+    """Both text encoders, the pooled embedding, add_time_ids (R, R, 0, 0, R, R) and, with guidance,
+    the zero negative embeddings of force_zeros_for_empty_prompt: ddrl's loop equals the pipeline."""
+    from diffusers import StableDiffusionXLPipeline
+
+    policy = load_policy(str(tiny_sdxl_folder))
+    prompts, seeds = ["a green square", "a circle left of a triangle"], [1, 2]
+    ddrl_images = generate(policy, prompts, seeds, num_steps=5, guidance_scale=guidance, progress=False)
+    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(prompts, latents=_initial_latents(policy, seeds), num_inference_steps=5,
+               guidance_scale=guidance, output_type="pt").images
+    assert_close(ddrl_images, out, rtol=0, atol=2e-5)
+
+
 def test_images_depend_on_their_seed_not_their_batch(tiny_sd_folder):
     policy = load_policy(str(tiny_sd_folder))
     prompts, seeds = ["a circle", "a square", "a triangle"], [0, 1, 2]
@@ -50,7 +66,7 @@ def test_images_depend_on_their_seed_not_their_batch(tiny_sd_folder):
     assert_close(whole, split, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("folder", ["tiny_sd_folder", "tiny_sd3_folder"])
+@pytest.mark.parametrize("folder", ["tiny_sd_folder", "tiny_sdxl_folder", "tiny_sd3_folder"])
 def test_reference_is_the_base_model_with_lora_disabled(folder, request):
     policy = load_policy(str(request.getfixturevalue(folder)))
     c, h, w = policy.latent_shape

@@ -24,6 +24,7 @@ NFTLoss = Literal["x0-adaptive", "velocity"]
 NFTDecay = Literal["none", "ramp", "delayed"]
 NonFinite = Literal["stop", "skip"]
 TiedGroups = Literal["drop", "arbitrary"]
+OptimizerKind = Literal["adamw", "adafactor"]
 
 # keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
 RENAMED = {"train.cfg": "train.rescore_with_guidance"}
@@ -104,6 +105,10 @@ class TrainConfig:
     """PPO clip range of the ratio (per-dim-mean log-probs)"""
     adv_clip_max: float = 5.0
     max_grad_norm: float = 1.0
+    optimizer: OptimizerKind = "adamw"
+    """adamw, or adafactor (transformers' Adafactor at a fixed learning rate, as Diffusion-DPO's SDXL run)"""
+    lr_warmup_steps: int = 0
+    """optimizer steps of linear warm-up from 0 (diffusers' constant_with_warmup); 0: none"""
     weight_decay: float = 1e-4
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999

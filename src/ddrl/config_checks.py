@@ -36,7 +36,7 @@ RANGES = {
     "train.adam_eps": "(0, inf)", "train.kl_coef": "[0, inf)", "train.ema_decay": "[0, 1)",
     "train.ema_update_interval": "[1, inf)", "train.nft_beta": "(0, inf)", "train.buffer_size": "[1, inf)",
     "train.min_count": "[1, inf)", "train.rwr_beta": "(0, inf)", "train.rwr_percentile": "[0, 100)",
-    "train.dpo_beta": "(0, inf)", "train.dpo_ref_update_steps": "[0, inf)",
+    "train.lr_warmup_steps": "[0, inf)", "train.dpo_beta": "(0, inf)", "train.dpo_ref_update_steps": "[0, inf)",
     "data.max_pairs": "[0, inf)", "data.resolution": "[0, inf)", "data.empty_prompt_fraction": "[0, 1]",
     "data.pairs_per_epoch": "[0, inf)",
     "eval.num_steps": "[0, inf)", "eval.images_per_prompt": "[1, inf)", "eval.train_images_per_prompt": "[0, inf)",
@@ -79,19 +79,20 @@ def validate(cfg: Config) -> None:
 
         users = [n for n, a in ALGORITHMS.items() if a.uses_pairwise_judge]
         raise ConfigError(f"reward.pairwise is read by {', '.join(users)} only; train.algorithm is {t.algorithm}")
-    n = cfg.samples_per_epoch
-    if n % s.images_per_prompt:  # a prompt's images (a GRPO group) all belong to one epoch
-        raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide the samples per "
-                          f"epoch per process: sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
-                          f"{s.num_batches_per_epoch} = {n}")
-    if n % t.batch_size:
-        raise ConfigError(f"train.batch_size ({t.batch_size}) must divide the samples per epoch per process: "
-                          f"sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
-                          f"{s.num_batches_per_epoch} = {n}")
-    if cfg.minibatches_per_epoch % t.gradient_accumulation_steps:
-        raise ConfigError(f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide "
-                          f"the minibatches per epoch: {n} samples / train.batch_size {t.batch_size} "
-                          f"= {cfg.minibatches_per_epoch}")
+    if algorithm.uses_rollouts(cfg):  # an offline algorithm samples nothing in training
+        n = cfg.samples_per_epoch
+        if n % s.images_per_prompt:  # a prompt's images (a GRPO group) all belong to one epoch
+            raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide the samples per "
+                              f"epoch per process: sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
+                              f"{s.num_batches_per_epoch} = {n}")
+        if n % t.batch_size:
+            raise ConfigError(f"train.batch_size ({t.batch_size}) must divide the samples per epoch per process: "
+                              f"sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
+                              f"{s.num_batches_per_epoch} = {n}")
+        if cfg.minibatches_per_epoch % t.gradient_accumulation_steps:
+            raise ConfigError(f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide "
+                              f"the minibatches per epoch: {n} samples / train.batch_size {t.batch_size} "
+                              f"= {cfg.minibatches_per_epoch}")
     for k in ("source", "eval_source"):
         _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k))
     if cfg.data.pairs:

@@ -86,6 +86,22 @@ _SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_st
          "model.lora_alpha": 64.0, "run.mixed_precision": "fp16", "run.epochs": 1000,
          "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
 
+# Diffusion-DPO's paper runs (SalesforceAIResearch/DiffusionDPO launchers/sd15.sh and sdxl.sh) on
+# Pick-a-Pic v2, written per GPU process for `accelerate launch` on 16 GPUs: 1 pair per process x
+# 128 accumulation steps = 2048 pairs per optimizer step, full fine-tuning at 1e-8 scaled by that
+# batch (2.048e-5), beta_dpo 5000 with the reference's 1/2 (effective 2500), 20% empty prompts,
+# random flips, constant rate after warm-up (500 steps SD 1.5, 200 SDXL), 2000 steps in 200 epochs
+# of 10 steps. SDXL trains with Adafactor, as the reference does for it. The evaluation samples
+# held-out animal prompts scored by PickScore. Not run in ddrl's tests.
+_DPO_PAPER = {"train.algorithm": "dpo", "data.pairs": "yuvalkirstain/pickapic_v2", "data.hflip": True,
+              "data.empty_prompt_fraction": 0.2, "data.pairs_per_epoch": 20480, "model.lora": False,
+              "train.batch_size": 1, "train.gradient_accumulation_steps": 128, "train.learning_rate": 2.048e-5,
+              "train.dpo_beta": 2500.0, "train.weight_decay": 1e-2, "train.max_grad_norm": 1.0,
+              "run.epochs": 200, "run.mixed_precision": "fp16", "reward.name": "pickscore",
+              "prompts.source": "animals", "prompts.eval_source": "animals", "sample.num_steps": 50,
+              "sample.eta": 0.0, "sample.guidance_scale": 7.5, "eval.images_per_prompt": 1,
+              "eval.train_images_per_prompt": 0}
+
 PRESETS: dict[str, Preset] = {
     "shapes-quick": Preset(
         "Pref-GRPO on shapes-flow with the verifier reward, sized for 5 minutes on a 2-core CPU", _QUICK),
@@ -149,6 +165,16 @@ PRESETS: dict[str, Preset] = {
         _SD15 | {"reward.name": "remote:http://127.0.0.1:18086", "prompts.source": "animal-activities",
                  "prompts.eval_source": "animal-activities", "run.epochs": 200, "sample.num_batches_per_epoch": 6,
                  "train.gradient_accumulation_steps": 6, "train.buffer_size": 32}),
+    "sd15-dpo": Preset(
+        "Diffusion-DPO's SD 1.5 run on Pick-a-Pic v2 (full fine-tuning, 2048 pairs per step on 16 GPUs; "
+        "GPU, untested here)",
+        _DPO_PAPER | {"model.name": "runwayml/stable-diffusion-v1-5", "train.lr_warmup_steps": 500,
+                      "data.resolution": 512}),
+    "sdxl-dpo": Preset(
+        "Diffusion-DPO's SDXL run on Pick-a-Pic v2 (full fine-tuning with Adafactor, 2048 pairs per step "
+        "on 16 GPUs; GPU, untested here)",
+        _DPO_PAPER | {"model.name": "stabilityai/stable-diffusion-xl-base-1.0", "train.optimizer": "adafactor",
+                      "train.lr_warmup_steps": 200, "data.resolution": 1024, "sample.guidance_scale": 5.0}),
 }
 
 DEFAULT_PRESET = "shapes-quick"

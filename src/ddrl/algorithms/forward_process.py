@@ -7,8 +7,8 @@ sample, drawn from a keyed generator.
   x0-models are converted), and eps_hat - eps = sqrt(ab) (v_hat - v) = -sqrt(ab / (1 - ab))
   (x0_hat - x0), so the error of the native target is the eps error times 1 / ab (v) or
   (1 - ab) / ab (x0): diffusers' DPO script regresses v for v-prediction models.
-- Flow models: sigma at a logit-normal position u = sigmoid(N(0, 1)) of the 1000-step training
-  schedule (flow_grpo scripts/train_sd3_dpo.py: compute_density_for_timestep_sampling
+- Flow models: sigma at a logit-normal position u = sigmoid(N(0, 1)) of the scheduler's
+  1000-step training schedule (flow_grpo scripts/train_sd3_dpo.py: compute_density_for_timestep_sampling
   'logit_normal', index floor(1000 u)); x_t = (1 - sigma) x_0 + sigma eps, target eps - x_0.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-TRAIN_STEPS_FLOW = 1000  # the flow schedules' num_train_timesteps
 
 
 class ForwardProcess:
@@ -25,7 +24,9 @@ class ForwardProcess:
         self.policy = policy
         self.velocity = policy.prediction == "velocity"
         if self.velocity:
-            self.sigmas = policy.sigmas(TRAIN_STEPS_FLOW)[:-1].float()  # (1000,) the training schedule, 1 -> 1/1000
+            # the training schedule: a fresh scheduler's sigmas, 1 -> shift(1/1000) (not an inference schedule)
+            sched = policy.pipe.scheduler
+            self.sigmas = type(sched).from_config(sched.config).sigmas.float()  # (1000,)
         else:
             self.alphas_cumprod = policy.alphas_cumprod.float()
             kind = getattr(policy, "scheduler_prediction", "epsilon")
@@ -36,7 +37,7 @@ class ForwardProcess:
         """(noise level per generator: the DDPM timestep or the flow sigma, (B,); noise (B, *shape))."""
         if self.velocity:
             u = torch.sigmoid(torch.stack([torch.randn((), generator=g) for g in gens]))
-            level = self.sigmas[(u * TRAIN_STEPS_FLOW).long().clamp(max=TRAIN_STEPS_FLOW - 1)]
+            level = self.sigmas[(u * len(self.sigmas)).long().clamp(max=len(self.sigmas) - 1)]
         else:
             level = torch.stack([torch.randint(0, len(self.alphas_cumprod), (), generator=g) for g in gens])
         return level, torch.stack([torch.randn(shape, generator=g) for g in gens])

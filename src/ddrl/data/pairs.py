@@ -56,7 +56,7 @@ _JSONL_INFO = ("margin",)  # written by `ddrl reward-pairs`
 def pairs_kind(source: str) -> str:
     """'jsonl' or 'datasets' for a `data.pairs` value, or a DataError saying what is accepted."""
     path = Path(source).expanduser()
-    if path.suffix == ".jsonl" or (path.is_dir() and (path / "pairs.jsonl").is_file()):
+    if (path.suffix == ".jsonl" and path.is_file()) or (path.is_dir() and (path / "pairs.jsonl").is_file()):
         return "jsonl"
     if path.exists():
         if path.is_file() and path.suffix in (".parquet", ".arrow"):
@@ -66,7 +66,7 @@ def pairs_kind(source: str) -> str:
             return "datasets"
         raise DataError(f"data.pairs {source}: not a pairs JSONL, a folder with pairs.jsonl, a parquet/arrow "
                         "file or a folder of them")
-    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")):
+    if _HUB_ID.match(source) and not source.startswith((".", "/", "~")) and path.suffix not in (".jsonl", ".parquet", ".arrow"):
         return "datasets"
     raise DataError(f"data.pairs {source!r} does not exist; give a pairs JSONL (e.g. `ddrl reward-pairs` "
                     "output PAIRS/train.jsonl), a parquet/arrow file or folder, or a datasets hub id like "

@@ -17,7 +17,7 @@ BUILTIN = {
     "shapes-sd": "epsilon-prediction latent diffusion, Stable Diffusion layout (UNet)",
     "shapes-flow": "rectified-flow model, Stable Diffusion 3 layout (MMDiT)",
 }
-_PIPELINES = ("StableDiffusionPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
+_PIPELINES = ("StableDiffusionPipeline", "StableDiffusionXLPipeline", "StableDiffusion3Pipeline", "FluxPipeline")
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -79,7 +79,7 @@ def vocabulary_check(vocab: Sequence[str]):
 
 def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
                 dtype: torch.dtype = torch.float32, resolution: int | None = None) -> Policy:
-    """Load a Stable Diffusion 1.x/2.x, SD3/3.5 or FLUX.1 pipeline as a `Policy`. `resolution`
+    """Load a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline as a `Policy`. `resolution`
     (pixels) sets FLUX's image size; a folder's ddrl.json may give it too."""
     where, local = resolve(name_or_path)
     index = _read_index(where, local)
@@ -112,6 +112,10 @@ def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
         from .stable_diffusion import StableDiffusionPolicy
 
         return StableDiffusionPolicy(pipe, prompt_check=check)
+    if cls == "StableDiffusionXLPipeline":
+        from .sdxl import StableDiffusionXLPolicy
+
+        return StableDiffusionXLPolicy(pipe, prompt_check=check)
     if cls == "FluxPipeline":
         from .flux import FluxPolicy
 

@@ -1,4 +1,4 @@
-"""Policy adapter for Stable Diffusion 1.x / 2.x pipelines (and the built-in `shapes-sd`).
+"""Policy adapter for Stable Diffusion 1.x / 2.x pipelines (and the built-in `shapes-sd`; SDXL in sdxl.py).
 
 Only the pipeline's components are used (tokenizer, text encoder, UNet, VAE) plus its
 scheduler's `alphas_cumprod`, converted to a tensor once; the scheduler's stateful `step()` and
@@ -46,7 +46,9 @@ class StableDiffusionPolicy:
 
     def predict(self, x_t: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """eps at DDPM timestep t, whatever the UNet predicts (v- and x0-models are converted)."""
-        out = self.denoiser(x_t.to(self.denoiser.dtype), t, cond.embeds).sample
+        return self._to_eps(self.denoiser(x_t.to(self.denoiser.dtype), t, cond.embeds).sample, x_t, t)
+
+    def _to_eps(self, out: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         if self.scheduler_prediction == "epsilon":
             return out
         ab = self.alphas_cumprod.to(x_t.device)[t.long()].view(-1, 1, 1, 1)

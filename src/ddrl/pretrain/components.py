@@ -155,6 +155,23 @@ def make_unet(cross_attention_dim: int, seed: int = 0):
         cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16)
 
 
+def make_sdxl_unet(cross_attention_dim: int, pooled_dim: int, seed: int = 0):
+    """A UNet with SDXL's added conditioning: the pooled text embedding and the six size/crop ids
+    (addition_embed_type text_time)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    time_dim = 8
+    torch.manual_seed(seed)
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE, in_channels=LATENT_CHANNELS, out_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=cross_attention_dim, attention_head_dim=8, norm_num_groups=16,
+        addition_embed_type="text_time", addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=pooled_dim + 6 * time_dim)
+
+
 def make_sd3_transformer(joint_attention_dim: int, pooled_projection_dim: int, seed: int = 0):
     import torch
     from diffusers import SD3Transformer2DModel

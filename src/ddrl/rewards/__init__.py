@@ -40,6 +40,9 @@ REWARDS: dict[str, RewardSpec] = {
                                   "verifier partial credit in [0, 1] (1 when correct)"),
     "shapes-accuracy": RewardSpec(_lazy("shapes", "shapes_accuracy"), "images, shapes-world prompts",
                                   "verifier verdict: 1 if the image satisfies its prompt, else 0"),
+    "shapes-preference": RewardSpec(_lazy("shapes", "shapes_preference"), "images, shapes-world prompts",
+                                    "the hidden preference of `ddrl reward-pairs`: correctness + "
+                                    "saturation_weight (0.5) * mean HSV saturation"),
     "aesthetic": RewardSpec(_lazy("aesthetic", "aesthetic"), "images",
                             "LAION aesthetic predictor, 1-10 (CLIP ViT-L/14 + MLP); DDPO paper"),
     "clipscore": RewardSpec(_lazy("clip", "clipscore"), "images, prompts", "2.5 * max(CLIP cosine, 0)"),

@@ -41,3 +41,27 @@ def shapes_verifier() -> ShapesVerifierReward:
 def shapes_accuracy() -> ShapesVerifierReward:
     """1 if the image satisfies its prompt (GenEval's binary verdict), else 0."""
     return ShapesVerifierReward("shapes-accuracy", binary=True)
+
+
+class ShapesPreferenceReward:
+    """The hidden preference `ddrl reward-pairs` labels pairs with (rewards/shapes_pairs.py):
+    verifier correctness + saturation_weight * mean saturation."""
+
+    differentiable = False
+    device = "cpu"
+    name = "shapes-preference"
+
+    def __init__(self, saturation_weight: float = 0.5):
+        self.saturation_weight = float(saturation_weight)
+
+    def __call__(self, images: Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+        from .shapes_pairs import saturation
+
+        verdict = ShapesVerifierReward(self.name, binary=True)(images, prompts, metadata)
+        sat = [saturation(img.detach().float().cpu()) for img in images]
+        scores = verdict.scores + self.saturation_weight * torch.tensor(sat)
+        return RewardOutput(scores, verdict.details | {"saturation": sat})
+
+
+def shapes_preference(saturation_weight: float = 0.5) -> ShapesPreferenceReward:
+    return ShapesPreferenceReward(saturation_weight)

@@ -36,6 +36,37 @@ def hidden_preference(image: Tensor, prompt: str, saturation_weight: float = 0.5
     return float(verdict.correct) + saturation_weight * saturation(image)
 
 
+def win_rate(h_new: list[float], h_base: list[float]) -> tuple[float, float]:
+    """The fraction of images (same prompt and seed) that the hidden preference ranks above the
+    base model's, ties counting one half, and its standard error over images."""
+    w = torch.tensor([1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(h_new, h_base)], dtype=torch.float64)
+    return float(w.mean()), float(w.std() / len(w) ** 0.5)
+
+
+def against_base(policy, prompts: list[str], seeds: list[int], *, num_steps: int = 10,
+                 guidance_scale: float = 5.0, saturation_weight: float = 0.5) -> dict[str, float]:
+    """The trained `policy` against its base (LoRA off, or `policy.reference()`), same prompts and
+    seeds, judged by the hidden preference: win rate (ties one half) with its s.e., and the
+    verifier's per-image accuracy and the mean saturation of each."""
+    from ..generate import generate
+    from ..worlds.shapes import verify
+
+    with policy.reference():
+        base = generate(policy, prompts, seeds, num_steps=num_steps, guidance_scale=guidance_scale, progress=False)
+    new = generate(policy, prompts, seeds, num_steps=num_steps, guidance_scale=guidance_scale, progress=False)
+    out = {}
+    h = {}
+    for name, images in (("base", base), ("trained", new)):
+        correct = [float(verify(im.permute(1, 2, 0).numpy(), p).correct) for im, p in zip(images, prompts)]
+        sat = [saturation(im) for im in images]
+        h[name] = [c + saturation_weight * s for c, s in zip(correct, sat)]
+        out[f"accuracy_{name}"] = sum(correct) / len(correct)
+        out[f"saturation_{name}"] = sum(sat) / len(sat)
+    out["win_rate"], out["win_rate_se"] = win_rate(h["trained"], h["base"])
+    out["n"] = len(prompts)
+    return out
+
+
 def make_shapes_pairs(out_dir: str | Path, *, images_per_prompt: int = 16, heldout_images_per_prompt: int = 4,
                       num_steps: int = 10, margin: float = 0.02, saturation_weight: float = 0.5,
                       max_prompts: int | None = None, seed: int = 0, progress: bool = True) -> dict[str, int]:

@@ -13,8 +13,6 @@ def save_lora(policy, folder: Path) -> None:
     layers = get_peft_model_state_dict(policy.denoiser)
     if policy.prediction == "velocity":  # SD3 family: a transformer, whose loader reads peft's names
         type(policy.pipe).save_lora_weights(str(folder), transformer_lora_layers=layers, safe_serialization=True)
-    else:
-        from diffusers import StableDiffusionPipeline
-
-        StableDiffusionPipeline.save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(layers),
-                                                  safe_serialization=True)
+    else:  # StableDiffusionPipeline or StableDiffusionXLPipeline: a UNet
+        type(policy.pipe).save_lora_weights(str(folder), unet_lora_layers=convert_state_dict_to_diffusers(layers),
+                                            safe_serialization=True)

@@ -91,8 +91,7 @@ class Trainer:
         self.params = self._make_trainable()
         # an EMA of the trained weights, for evaluation and export (flow_grpo's and DiffusionNFT's option)
         self.ema = {k: v.clone() for k, v in self.trainable_state().items()} if cfg.train.ema_decay > 0 else None
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, weight_decay=cfg.train.weight_decay,
-                                           betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), eps=cfg.train.adam_eps)
+        self.optimizer = self._make_optimizer()
         self.epoch = 0
         self.skipped_steps = 0
         self.nonfinite_batch = 0
@@ -156,6 +155,16 @@ class Trainer:
         if not params:
             raise ModelError("no trainable parameters: LoRA found no target modules in the denoiser")
         return params
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        t = self.cfg.train
+        if t.optimizer == "adafactor":  # SalesforceAIResearch/DiffusionDPO's SDXL settings
+            from transformers.optimization import Adafactor
+
+            return Adafactor(self.params, lr=self.cfg.learning_rate, weight_decay=t.weight_decay, clip_threshold=1.0,
+                             scale_parameter=False, relative_step=False)
+        return torch.optim.AdamW(self.params, lr=self.cfg.learning_rate, weight_decay=t.weight_decay,
+                                 betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
 
     @contextlib.contextmanager
     def reference(self):
@@ -260,6 +269,9 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             return float(norm)
+        if t.lr_warmup_steps:  # diffusers' constant_with_warmup: step k (from 0) at k / warm-up of the rate
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.cfg.learning_rate * min(1.0, self.optimizer_steps / t.lr_warmup_steps)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1

@@ -1,0 +1,170 @@
+"""Preference data for Diffusion-DPO: JSONL and `datasets` sources, bad rows, the latent cache,
+and offline training that resumes exactly."""
+
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+from test_train import _final_weights, _rows, tiny_config
+
+from ddrl.config import ConfigError, DataConfig
+from ddrl.config_checks import validate
+from ddrl.data import DataError, pair_latents, read_pair_rows
+from ddrl.data.latent_cache import preprocess
+from ddrl.train import train
+from ddrl.train.loop import Trainer
+
+PROMPTS = ["a red circle", "a blue square", "two green triangles"]
+
+
+def _image(seed: int, size=(56, 40)) -> Image.Image:
+    g = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy())
+
+
+def _png(seed: int) -> bytes:
+    buf = io.BytesIO()
+    _image(seed).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _jsonl(folder, n=6, extra_lines=()):
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        for k in ("a", "b"):
+            _image(2 * i + (k == "b")).save(folder / "img" / f"{i}{k}.png")
+        lines.append(json.dumps({"prompt": PROMPTS[i % 3], "chosen": f"img/{i}a.png", "rejected": f"img/{i}b.png"}))
+    (folder / "pairs.jsonl").write_text("\n".join(lines + list(extra_lines)) + "\n")
+    return folder / "pairs.jsonl"
+
+
+@pytest.mark.parametrize("line, why", [
+    ("{not json", "not JSON"),
+    (json.dumps({"prompt": "a red circle", "chosen": "img/0a.png"}), "rejected must be non-empty text"),
+    (json.dumps({"prompt": "a red circle", "chosen": "img/0a.png", "rejected": "img/none.png"}), "no image at"),
+    (json.dumps({"prompt": "a red circle", "chosen": "img/0a.png", "rejected": "img/0b.png", "label": 1}),
+     "unknown field"),
+])
+def test_a_bad_jsonl_row_names_its_line_or_is_skipped_and_counted(tmp_path, line, why):
+    path = _jsonl(tmp_path, n=3, extra_lines=[line])
+    with pytest.raises(DataError, match=rf"pairs.jsonl:4: {why}.*skip_bad_rows"):
+        read_pair_rows(DataConfig(pairs=str(path)))
+    rows = read_pair_rows(DataConfig(pairs=str(path), skip_bad_rows=True))
+    assert len(rows.rows) == 3 and len(rows.skipped) == 1 and rows.skipped[0].startswith(f"{path}:4: {why}")
+
+
+def test_an_undecodable_image_is_named_when_its_latents_are_cached(tiny_sd_folder, tmp_path):
+    from ddrl.models.loading import load_policy
+
+    path = _jsonl(tmp_path, n=3)
+    (tmp_path / "img" / "1b.png").write_bytes(_png(0)[:60])  # a truncated PNG
+    policy = load_policy(str(tiny_sd_folder))
+    rows = read_pair_rows(DataConfig(pairs=str(path)))
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: cannot decode the image"):
+        pair_latents(rows, policy, "tiny", 32, False, tmp_path / "cache", skip_bad_rows=False, progress=False)
+    data, _, cached = pair_latents(rows, policy, "tiny", 32, False, tmp_path / "cache", skip_bad_rows=True,
+                                   progress=False)
+    assert not cached and len(data) == 2 and data.skipped[0].startswith(f"{path}:2: cannot decode")
+    with pytest.raises(DataError, match="pairs.jsonl:2"):  # a cache with skipped rows still needs skip_bad_rows
+        pair_latents(rows, policy, "tiny", 32, False, tmp_path / "cache", skip_bad_rows=False, progress=False)
+
+
+def _pickapic_parquet(path, labels):
+    datasets = pytest.importorskip("datasets")
+    n = len(labels)
+    datasets.Dataset.from_dict({
+        "caption": [PROMPTS[i % 3] for i in range(n)], "jpg_0": [_png(2 * i) for i in range(n)],
+        "jpg_1": [_png(2 * i + 1) for i in range(n)], "label_0": labels}).to_parquet(str(path))
+    return path
+
+
+def test_pickapic_columns_order_each_pair_and_drop_ties(tmp_path):
+    """label_0 = 1 prefers jpg_0, 0 prefers jpg_1, 0.5 is a tie and is dropped (as the reference)."""
+    path = _pickapic_parquet(tmp_path / "pp.parquet", [1.0, 0.0, 0.5, 1.0])
+    rows = read_pair_rows(DataConfig(pairs=str(path)))
+    assert rows.ties == 1 and [r.prompt for r in rows.rows] == [PROMPTS[0], PROMPTS[1], PROMPTS[0]]
+    from ddrl.data.pairs import open_image
+
+    def same(ref, seed):
+        return open_image(ref).tobytes() == _image(seed).tobytes()
+
+    assert same(rows.rows[0].chosen, 0) and same(rows.rows[0].rejected, 1)  # label 1: jpg_0 wins
+    assert same(rows.rows[1].chosen, 3) and same(rows.rows[1].rejected, 2)  # label 0: jpg_1 wins
+
+
+def test_a_bad_label_or_missing_column_is_named(tmp_path):
+    path = _pickapic_parquet(tmp_path / "pp.parquet", [1.0, 2.0, 0.0])
+    with pytest.raises(DataError, match=r"pp.parquet row 1: label_0 must be 0, 0.5 or 1, got 2.0"):
+        read_pair_rows(DataConfig(pairs=str(path)))
+    assert len(read_pair_rows(DataConfig(pairs=str(path), skip_bad_rows=True)).rows) == 2
+    with pytest.raises(DataError, match=r"no column for caption \('prompt'\).*data.caption_column"):
+        read_pair_rows(DataConfig(pairs=str(path), caption_column="prompt"))
+
+
+def test_an_unreachable_hub_dataset_or_missing_path_is_a_config_error(tiny_sd_folder):
+    with pytest.raises(ConfigError, match="does not exist"):
+        validate(tiny_config(tiny_sd_folder, **{"train.algorithm": "dpo", "data.pairs": "no/such/file.jsonl"}))
+    pytest.importorskip("datasets")
+    with pytest.raises(DataError, match="cannot load it as a dataset"):
+        read_pair_rows(DataConfig(pairs="nobody-here/no-such-dataset"))
+
+
+def test_dpo_needs_pairs_and_online_algorithms_need_groups(tiny_sd_folder):
+    with pytest.raises(ConfigError, match="set data.pairs"):
+        validate(tiny_config(tiny_sd_folder, **{"train.algorithm": "dpo"}))
+    with pytest.raises(ConfigError, match="images_per_prompt >= 2"):
+        validate(tiny_config(tiny_sd_folder, **{"train.algorithm": "online-dpo"}))
+    with pytest.raises(ConfigError, match="must divide train.batch_size"):
+        validate(tiny_config(tiny_sd_folder, **{"train.algorithm": "sft", "sample.images_per_prompt": 3,
+                                                "sample.batch_size": 6, "train.batch_size": 2}))
+
+
+def test_a_square_image_at_the_resolution_passes_unchanged_and_others_are_centre_cropped():
+    img = _image(7, size=(32, 32))
+    expected = torch.from_numpy(__import__("numpy").array(img)).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.equal(preprocess(img, 32), expected)
+    wide = Image.new("RGB", (64, 32))
+    wide.paste((255, 0, 0), (0, 0, 16, 32))  # a red band on the left quarter, cropped away
+    x = preprocess(wide, 32)
+    assert x.shape == (3, 32, 32) and float(x[0].max()) == -1.0
+
+
+def _dpo_config(folder, pairs, cache, run, **extra):
+    return tiny_config(folder, **{"train.algorithm": "dpo", "data.pairs": str(pairs), "data.cache_dir": str(cache),
+                                  "data.pairs_per_epoch": 4, "train.batch_size": 2, "run.output_dir": str(run),
+                                  "train.learning_rate": 1e-3} | extra)
+
+
+def test_latents_are_cached_once_and_reused(tiny_sd_folder, tmp_path):
+    pairs = _jsonl(tmp_path / "data")
+    first = Trainer(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "a"), tmp_path / "a")
+    files = list((tmp_path / "cache").glob("*/latents.safetensors"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    second = Trainer(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "b"), tmp_path / "b")
+    assert files[0].stat().st_mtime_ns == mtime
+    for k, v in first.algorithm.data.tensors.items():
+        assert torch.equal(v, second.algorithm.data.tensors[k])
+    # mirrored images are a different cache (both orientations encoded)
+    Trainer(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "c", **{"data.hflip": False}), tmp_path / "c")
+    assert len(list((tmp_path / "cache").glob("*/latents.safetensors"))) == 2
+
+
+def test_offline_dpo_resumes_exactly_and_saves_its_position(tiny_sd_folder, tmp_path):
+    """6 pairs, 4 per epoch: epoch 2 crosses into the second shuffled pass. 3 epochs straight equal
+    2 epochs and a resumed third, weights bit for bit and every logged metric."""
+    pairs = _jsonl(tmp_path / "data")
+    straight = tmp_path / "straight"
+    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", straight), straight)
+    split = tmp_path / "split"
+    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", split, **{"run.epochs": 2}), split)
+    state = json.loads(sorted((split / "checkpoints").glob("epoch_*"))[-1].joinpath("state.json").read_text())
+    assert json.dumps(state).count('"position": 8') == 1
+    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", split), split, resume=True)
+    a, b = _final_weights(straight), _final_weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert _rows(straight) == _rows(split)
+    assert [r["data/pairs_seen"] for r in _rows(straight)] == [4, 8, 12]
