@@ -143,13 +143,16 @@ def pair_latents(rows: PairRows, policy, model_name: str, resolution: int, hflip
     if not prompts:
         raise DataError(f"no usable pairs: all {len(rows.rows)} rows were bad ({skipped[0]} ...)")
     tensors = {k: torch.cat(v).contiguous() for k, v in parts.items()}
-    tmp = folder.with_name(f".{folder.name}.tmp")  # written whole, then renamed: never half a cache
+    tmp = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")  # written whole, then renamed: never half a cache
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, tmp / "latents.safetensors")
     (tmp / "pairs.json").write_text(json.dumps({"prompts": prompts, "where": where, "skipped": skipped,
                                                 "ties": rows.ties, "identity": rows.identity,
                                                 "model": model_name, "resolution": resolution, "hflip": hflip}))
-    shutil.rmtree(folder, ignore_errors=True)
-    os.replace(tmp, folder)
+    if (folder / "latents.safetensors").is_file():  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
     return PairLatents(prompts, tensors, skipped, rows.ties), folder, False

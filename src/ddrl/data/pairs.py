@@ -1,8 +1,7 @@
 """Preference pairs for Diffusion-DPO (`data.pairs`), from three kinds of source:
 
 - a JSONL file of {"prompt", "chosen", "rejected"} lines with image paths relative to the file, or a
-  folder holding `pairs.jsonl`; `ddrl reward-pairs` writes such files on the shapes world
-  (PAIRS/train.jsonl);
+  folder holding `pairs.jsonl` or `train.jsonl` (what `ddrl reward-pairs` writes on the shapes world);
 - a Hugging Face `datasets` dataset in Pick-a-Pic v2's layout (caption, jpg_0, jpg_1, label_0,
   column names configurable): a local parquet or arrow file, a folder of them, a folder written by
   `Dataset.save_to_disk`, or a hub id. label_0 = 1 prefers image 0, 0 prefers image 1, and ties
@@ -56,7 +55,7 @@ _JSONL_INFO = ("margin",)  # written by `ddrl reward-pairs`
 def pairs_kind(source: str) -> str:
     """'jsonl' or 'datasets' for a `data.pairs` value, or a DataError saying what is accepted."""
     path = Path(source).expanduser()
-    if (path.suffix == ".jsonl" and path.is_file()) or (path.is_dir() and (path / "pairs.jsonl").is_file()):
+    if (path.suffix == ".jsonl" and path.is_file()) or (path.is_dir() and _jsonl_in(path)):
         return "jsonl"
     if path.exists():
         if path.is_file() and path.suffix in (".parquet", ".arrow"):
@@ -71,6 +70,11 @@ def pairs_kind(source: str) -> str:
     raise DataError(f"data.pairs {source!r} does not exist; give a pairs JSONL (e.g. `ddrl reward-pairs` "
                     "output PAIRS/train.jsonl), a parquet/arrow file or folder, or a datasets hub id like "
                     "'yuvalkirstain/pickapic_v2'")
+
+
+def _jsonl_in(folder: Path) -> Path | None:
+    """A folder's pairs file: pairs.jsonl, or train.jsonl as `ddrl reward-pairs` writes."""
+    return next((folder / n for n in ("pairs.jsonl", "train.jsonl") if (folder / n).is_file()), None)
 
 
 def read_pair_rows(data, skip_bad_rows: bool | None = None) -> PairRows:
@@ -95,7 +99,7 @@ def _bad(skip: bool, skipped: list[str], where: str, why: str) -> None:
 def _read_jsonl(source: str, skip: bool) -> PairRows:
     path = Path(source).expanduser()
     if path.is_dir():
-        path = path / "pairs.jsonl"
+        path = _jsonl_in(path) or path / "pairs.jsonl"
     if not path.is_file():
         raise DataError(f"data.pairs: no file {path}")
     try:
