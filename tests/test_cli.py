@@ -101,9 +101,9 @@ def test_enum_fields_are_checked_with_a_hint_and_renamed_keys_still_read():
 
     with pytest.raises(ConfigError, match=r"sample.sampler must be one of .*flow-dpm2, got 'flow-sd' \(did you mean 'flow-sde'\?\)"):
         apply_overrides(Config(), {"sample.sampler": "flow-sd"})
-    with pytest.raises(ConfigError, match=r"train.algorithm 'ddpo' is unknown \(did you mean 'ddpo-"):
+    with pytest.raises(ConfigError, match=r"train.algorithm 'ddpo-iss' is unknown \(did you mean 'ddpo-is"):
         from ddrl.config_checks import validate
 
-        validate(apply_overrides(Config(), {"train.algorithm": "ddpo"}))
+        validate(apply_overrides(Config(), {"train.algorithm": "ddpo-iss"}))
     # config files of earlier runs name the guidance-in-re-scoring switch train.cfg
     assert apply_overrides(Config(), {"train.cfg": "false"}).train.rescore_with_guidance is False
