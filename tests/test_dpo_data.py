@@ -154,17 +154,17 @@ def test_latents_are_cached_once_and_reused(tiny_sd_folder, tmp_path):
 
 
 def test_offline_dpo_resumes_exactly_and_saves_its_position(tiny_sd_folder, tmp_path):
-    """6 pairs, 4 per epoch: epoch 2 crosses into the second shuffled pass. 3 epochs straight equal
-    2 epochs and a resumed third, weights bit for bit and every logged metric."""
+    """6 pairs, 4 per epoch: epoch 2 crosses into the second shuffled pass. 2 epochs straight equal
+    1 epoch and a resumed second, weights bit for bit and every logged metric."""
     pairs = _jsonl(tmp_path / "data")
     straight = tmp_path / "straight"
-    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", straight), straight)
+    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", straight, **{"run.epochs": 2}), straight)
     split = tmp_path / "split"
-    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", split, **{"run.epochs": 2}), split)
+    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", split, **{"run.epochs": 1}), split)
     state = json.loads(sorted((split / "checkpoints").glob("epoch_*"))[-1].joinpath("state.json").read_text())
-    assert json.dumps(state).count('"position": 8') == 1
-    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", split), split, resume=True)
+    assert json.dumps(state).count('"position": 4') == 1
+    train(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", split, **{"run.epochs": 2}), split, resume=True)
     a, b = _final_weights(straight), _final_weights(split)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _rows(straight) == _rows(split)
-    assert [r["data/pairs_seen"] for r in _rows(straight)] == [4, 8, 12]
+    assert [r["data/pairs_seen"] for r in _rows(straight)] == [4, 8]

@@ -275,11 +275,11 @@ class SFT(_SampledFromReference):
         k, ga = self.trained_steps(ctx.cfg), t.gradient_accumulation_steps
         stats: dict[str, list[float]] = defaultdict(list)
         for _, mb, rows, gens in minibatches(ctx, ro, epoch):
-            w = weights[rows].to(ro.latents.device)
-            keep = w > 0
+            keep = weights[rows].cpu() > 0
             if keep.any():  # rows of weight 0 add nothing but still count in the mean, as the reference
-                x0, cond, kept_gens = ro.latents[rows[keep.cpu()], -1], ctx.cond_table[ro.prompt_ids[rows[keep.cpu()]]], \
-                    [g for g, m in zip(gens, keep.tolist()) if m]
+                kept = rows[keep]
+                x0, cond = ro.latents[kept, -1], ctx.cond_table[ro.prompt_ids[kept]]
+                kept_gens = [g for g, m in zip(gens, keep.tolist()) if m]
                 for _ in range(k):
                     level, noise = self.fp.draw(tuple(x0.shape[1:]), kept_gens)
                     level, noise = level.to(x0.device), noise.to(x0.device)
