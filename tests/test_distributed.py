@@ -68,3 +68,32 @@ def test_two_processes_give_the_update_of_one(tiny_sd_folder, tmp_path):
     # Epoch 2 starts from weights equal up to float noise, so its images (and JPEG sizes) agree
     # closely but not always exactly.
     assert abs(rows1[1]["reward/mean"] - rows2[1]["reward/mean"]) < 1e-3 * abs(rows1[1]["reward/mean"])
+
+
+def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tmp_path):
+    """Each process trains its slice of every global minibatch of pairs (the stream positions
+    p * batch .. (p + 1) * batch of it), with each pair's draws keyed by its position."""
+    from test_dpo_data import _jsonl
+
+    pairs = _jsonl(tmp_path / "data", n=8)
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    common = {"train.algorithm": "dpo", "data.pairs": str(pairs), "data.pairs-per-epoch": 8, "data.hflip": "false",
+              "data.cache-dir": str(tmp_path / "cache")}
+    runs = {}
+    for procs, batch in ((1, 4), (2, 2)):
+        run = tmp_path / f"p{procs}"
+        args = _train_args(tiny_sd_folder, run, **common | {"train.batch-size": batch})
+        launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+        out = subprocess.run([sys.executable, *(launch if procs == 2 else []), "-m", "ddrl.cli", *args],
+                             capture_output=True, text=True, env=env)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[procs] = _result(run)
+    (rows1, w1), (rows2, w2) = runs[1], runs[2]
+    assert rows1[0]["data/pairs_seen"] == rows2[0]["data/pairs_seen"] == 8
+    assert abs(rows1[0]["train/grad_norm"] - rows2[0]["train/grad_norm"]) < 1e-4 * rows1[0]["train/grad_norm"]
+    b1 = {k: v for k, v in w1.items() if "lora_B" in k}
+    scale = max(float(v.abs().max()) for v in b1.values())
+    assert scale > 0
+    for k in b1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4 * scale)
