@@ -95,6 +95,25 @@ def test_pickapic_columns_order_each_pair_and_drop_ties(tmp_path):
     assert same(rows.rows[1].chosen, 3) and same(rows.rows[1].rejected, 2)  # label 0: jpg_1 wins
 
 
+def test_a_save_to_disk_folder_with_image_features_and_custom_columns_reads_its_split(tmp_path):
+    """A DatasetDict saved with save_to_disk, images as datasets.Image features (decoded to PIL by
+    default; read back as their encoded bytes) and other column names."""
+    datasets = pytest.importorskip("datasets")
+    n = 3
+    ds = datasets.Dataset.from_dict({"text": PROMPTS, "a": [_image(2 * i) for i in range(n)],
+                                     "b": [_image(2 * i + 1) for i in range(n)], "pref_a": [0.0, 1.0, 0.5]},
+                                    features=datasets.Features({"text": datasets.Value("string"), "a": datasets.Image(),
+                                                                "b": datasets.Image(), "pref_a": datasets.Value("float32")}))
+    datasets.DatasetDict({"validation": ds}).save_to_disk(str(tmp_path / "dd"))
+    rows = read_pair_rows(DataConfig(pairs=str(tmp_path / "dd"), split="validation", caption_column="text",
+                                     image_0_column="a", image_1_column="b", label_column="pref_a"))
+    from ddrl.data.pairs import open_image
+
+    assert rows.ties == 1 and [r.prompt for r in rows.rows] == PROMPTS[:2]
+    assert open_image(rows.rows[0].chosen).tobytes() == _image(1).tobytes()  # pref_a 0: b wins
+    assert open_image(rows.rows[1].chosen).tobytes() == _image(2).tobytes()  # pref_a 1: a wins
+
+
 def test_a_bad_label_or_missing_column_is_named(tmp_path):
     path = _pickapic_parquet(tmp_path / "pp.parquet", [1.0, 2.0, 0.0])
     with pytest.raises(DataError, match=r"pp.parquet row 1: label_0 must be 0, 0.5 or 1, got 2.0"):
