@@ -70,3 +70,30 @@ def test_a_dpo_epoch_logs_the_implicit_accuracy_margin_and_mse_gaps(tiny_sd_fold
               "data/pairs_seen"):
         assert k in m
     assert m["data/pairs_seen"] == 4 and "reward/mean" not in m
+
+
+@pytest.mark.parametrize("folder", ["tiny_sd_folder", "tiny_sdxl_folder", "tiny_sd3_folder"])
+def test_before_the_first_step_the_policy_is_its_reference_so_the_loss_is_log_2(folder, request, tmp_path):
+    """LoRA B starts at 0, so policy and reference (adapter off) give the same errors: s = 0 exactly,
+    L = log 2 and the implicit accuracy 0 (s > 0 is false), for diffusion and flow models alike."""
+    import math
+
+    pairs = _jsonl(tmp_path / "data", n=2)
+    cfg = tiny_config(request.getfixturevalue(folder), **{
+        "train.algorithm": "dpo", "data.pairs": str(pairs), "data.cache_dir": str(tmp_path / "cache"),
+        "train.batch_size": 2, "data.pairs_per_epoch": 2, "sample.sampler": "flow-ode" if "sd3" in folder else "ddim"})
+    m = Trainer(cfg, tmp_path / "run").run_epoch(0, ThreadPoolExecutor(1))
+    assert m["train/reward_margin"] == 0.0 and m["train/implicit_accuracy"] == 0.0
+    assert m["train/loss"] == pytest.approx(math.log(2), rel=1e-7)
+    assert m["train/mse_gap_policy"] == m["train/mse_gap_reference"]
+
+
+@pytest.mark.parametrize("algorithm", ["online-dpo", "sft"])
+def test_online_algorithms_train_a_flow_model_on_velocity_errors(tiny_sd3_folder, tmp_path, algorithm):
+    cfg = tiny_config(tiny_sd3_folder, **{"train.algorithm": algorithm, "sample.sampler": "flow-sde",
+                                          "sample.images_per_prompt": 2, "train.batch_size": 2})
+    tr = Trainer(cfg, tmp_path / "run")
+    before = {k: v.clone() for k, v in tr.trainable_state().items()}
+    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    assert torch.isfinite(torch.tensor(m["train/loss"]))
+    assert any(not torch.equal(v, tr.trainable_state()[k]) for k, v in before.items())
