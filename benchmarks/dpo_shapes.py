@@ -105,15 +105,62 @@ def implicit_kl(tr, fp) -> float:
 
 
 def report() -> None:
+    """benchmarks/results/dpo_shapes.{json,md} and the plots in docs/dpo/ from the finished runs."""
     rows = {}
     for f in sorted(OUT.glob("*/result.json")):
         r = json.loads(f.read_text())
         rows[r["name"]] = r
-    RESULTS.write_text(json.dumps(rows, indent=1))
-    print(f"{'run':<14} {'win rate':>14} {'accuracy base -> trained':>26} {'saturation':>16} {'implicit KL':>12} {'queries':>8}")
+    if rows:
+        RESULTS.write_text(json.dumps(rows, indent=1))
+    rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    lines = ["| run | win rate vs base (± s.e.) | per-image accuracy, base → trained | saturation, base → trained "
+             "| implicit KL | hidden-preference queries | minutes |", "|---|---|---|---|---|---|---|"]
     for n, r in rows.items():
-        print(f"{n:<14} {r['win_rate']:.3f} ± {r['win_rate_se']:.3f} {r['accuracy_base']:>11.3f} -> {r['accuracy_trained']:.3f}"
-              f" {r['saturation_base']:>8.3f} -> {r['saturation_trained']:.3f} {r['implicit_kl']:>12.2e} {r['queries']:>8}")
+        lines.append(f"| {n} | {r['win_rate']:.3f} ± {r['win_rate_se']:.3f} | {r['accuracy_base']:.3f} → "
+                     f"{r['accuracy_trained']:.3f} | {r['saturation_base']:.3f} → {r['saturation_trained']:.3f} | "
+                     f"{r['implicit_kl']:.2e} | {r['queries']} | {r['minutes']:.1f} |")
+    offline = [r["win_rate"] for n, r in rows.items() if n.startswith("offline-")]
+    if len(offline) > 1:
+        m = sum(offline) / len(offline)
+        se = (sum((x - m) ** 2 for x in offline) / (len(offline) - 1) / len(offline)) ** 0.5
+        lines.append(f"\nOffline DPO over {len(offline)} seeds: win rate {m:.3f} ± {se:.3f} (s.e. over seeds).")
+    text = "\n".join(lines)
+    (RESULTS.with_suffix(".md")).write_text(text + "\n")
+    print(text)
+    _plots(rows)
+
+
+def _plots(rows: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = ROOT / "docs" / "dpo"
+    folder.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
+    names = [n for n in ("offline-s0", "offline-s1", "offline-s2", "online-dpo", "sft", "ddpo-is") if n in rows]
+    ax.bar(range(len(names)), [rows[n]["win_rate"] for n in names],
+           yerr=[rows[n]["win_rate_se"] for n in names], color=["C0" if n.startswith("offline") else "C1" for n in names])
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_xticks(range(len(names)), names, fontsize=8)
+    ax.set_ylabel("win rate against the base\n(held-out prompts, hidden preference)")
+    ax.set_title("2,000 hidden-preference queries each", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(folder / "equal_queries.png")
+    plt.close(fig)
+    betas = [(b, rows[n]) for b, n in ((250, "beta-250"), (2500, "offline-s0"), (25000, "beta-25000")) if n in rows]
+    if len(betas) > 1:
+        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
+        for b, r in betas:
+            ax.errorbar(r["implicit_kl"], r["win_rate"], yerr=r["win_rate_se"], fmt="o", label=f"beta {b:g}")
+        ax.set_xscale("log")
+        ax.set_xlabel("implicit KL: mean ||eps_theta - eps_ref||^2")
+        ax.set_ylabel("win rate against the base")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "beta.png")
+        plt.close(fig)
 
 
 def main() -> None:

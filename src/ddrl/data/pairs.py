@@ -67,9 +67,9 @@ def pairs_kind(source: str) -> str:
                         "file or a folder of them")
     if _HUB_ID.match(source) and not source.startswith((".", "/", "~")) and path.suffix not in (".jsonl", ".parquet", ".arrow"):
         return "datasets"
-    raise DataError(f"data.pairs {source!r} does not exist; give a pairs JSONL (e.g. `ddrl reward-pairs` "
-                    "output PAIRS/train.jsonl), a parquet/arrow file or folder, or a datasets hub id like "
-                    "'yuvalkirstain/pickapic_v2'")
+    raise DataError(f"data.pairs {source!r} does not exist; give a pairs JSONL, a folder that "
+                    "`ddrl reward-pairs --out DIR` wrote, a parquet/arrow file or folder, or a datasets hub id "
+                    "like 'yuvalkirstain/pickapic_v2'")
 
 
 def _jsonl_in(folder: Path) -> Path | None:
