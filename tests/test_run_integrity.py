@@ -108,7 +108,7 @@ def test_a_truncated_or_edited_config_is_refused_naming_the_keys(run_copy, capsy
     text = (run_copy / "config.yaml").read_text()
     (run_copy / "config.yaml").write_text("".join(text.splitlines(keepends=True)[:40]))  # cut at a line boundary
     err = _one_line_error(["train", "--resume", str(run_copy), "--run.epochs", "3"], capsys)
-    assert "is incomplete" in err and "train.ema_decay" in err and "checkpoints/epoch_000002/config.yaml" in err
+    assert "is incomplete" in err and "train.advantages" in err and "checkpoints/epoch_000002/config.yaml" in err
     for old, new, key in [("name: jpeg-compressibility", "name: shapes-verifier", "reward.name"),
                           ("epochs: 2", "epochs: 20", "run.epochs"), ("eta: 1.0", "eta: 0.5", "sample.eta")]:
         (run_copy / "config.yaml").write_text(text.replace(old, new, 1))
@@ -270,3 +270,31 @@ def test_kill_9_at_twenty_random_moments_always_resumes_to_the_uninterrupted_run
             break
         run = tmp_path / f"killed{finished}"  # a run that finished early: the next kills hit a new one
     print(f"{kills} kills over {starts} starts and {finished} runs; an uninterrupted run takes {length:.1f} s")
+
+
+def test_a_run_started_before_keys_were_added_resumes_with_their_defaults(tmp_path):
+    """config.yaml of an earlier release lacks the keys in config.ADDED (hash intact): it reads, and
+    the missing keys take their defaults, while a file missing any other key is still refused."""
+    import hashlib
+
+    import yaml
+
+    from ddrl.config import ADDED, Config, ConfigError
+    from ddrl.train.resume import read_run_config
+
+    def write(data):
+        body = yaml.safe_dump(data, sort_keys=False)
+        digest = hashlib.sha256(body.encode()).hexdigest()
+        (tmp_path / "config.yaml").write_text(f"# ddrl run config, sha256 {digest}\n{body}")
+
+    earlier = Config().to_dict()
+    del earlier["data"]
+    for key in (k for k in ADDED if "." in k):
+        section, _, name = key.partition(".")
+        del earlier[section][name]
+    write(earlier)
+    assert read_run_config(tmp_path) == Config()
+    del earlier["train"]["ema_decay"]
+    write(earlier)
+    with pytest.raises(ConfigError, match="incomplete.*train.ema_decay"):
+        read_run_config(tmp_path)

@@ -28,6 +28,10 @@ OptimizerKind = Literal["adamw", "adafactor"]
 
 # keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
 RENAMED = {"train.cfg": "train.rescore_with_guidance"}
+# keys added since earlier releases (a section name covers all its keys): a run's config.yaml
+# without them resumes with their defaults, which behave as the release it was started with
+ADDED = ("data", "train.optimizer", "train.lr_warmup_steps", "train.dpo_beta", "train.dpo_ref_update_steps",
+         "train.dpo_tied_groups")
 
 
 class ConfigError(ValueError):

@@ -13,7 +13,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from ..config import RENAMED, Config, ConfigError, apply_overrides, dump_yaml, flatten
+from ..config import ADDED, RENAMED, Config, ConfigError, apply_overrides, dump_yaml, flatten
 
 NAME = "config.yaml"
 _HEADER = re.compile(r"^# ddrl run config, sha256 ([0-9a-f]{64})\b.*\n")
@@ -62,7 +62,7 @@ def read_run_config(run_dir: Path, allow_edited: bool = False) -> Config:
     values, digest, body = _parse(path)
     values = {RENAMED.get(k, k): v for k, v in values.items()}
     expected = flatten(Config().to_dict())
-    missing = [k for k in expected if k not in values]
+    missing = [k for k in expected if k not in values and k not in ADDED and k.partition(".")[0] not in ADDED]
     if missing:
         raise ConfigError(f"{path} is incomplete (cut short or edited): {len(missing)} keys are missing, e.g. "
                           f"{', '.join(missing[:4])}{_checkpoint_diff(run_dir, values)}")
