@@ -42,12 +42,13 @@ ONLINE = {"model.name": "shapes-sd", "reward.name": "shapes-preference", "sample
           "train.batch_size": 16, "run.epochs": 31}
 RUNS = {
     "offline": {f"offline-s{s}": OFFLINE | {"run.seed": s} for s in (0, 1, 2)},
-    "beta": {f"beta-{b:g}": OFFLINE | {"train.dpo_beta": b} for b in (250.0, 25000.0)},  # 2500: offline-s0
-    "equal-queries": {
-        "online-dpo": ONLINE | {"train.algorithm": "online-dpo", "train.timestep_fraction": 0.3},
-        "sft": ONLINE | {"train.algorithm": "sft", "train.timestep_fraction": 0.3},
-        "ddpo-is": ONLINE | {"train.algorithm": "ddpo-is", "train.min_count": 4, "train.clip_range": 1e-3},
-    },
+    # beta 2500 is offline-s0 and offline-s1
+    "beta": {f"beta-{b:g}{'' if s == 0 else f'-s{s}'}": OFFLINE | {"train.dpo_beta": b, "run.seed": s}
+             for s in (0, 1) for b in (250.0, 25000.0)},
+    "equal-queries": {f"{a}{'' if s == 0 else f'-s{s}'}": ONLINE | extra | {"run.seed": s} for s in (0, 1) for a, extra in (
+        ("online-dpo", {"train.algorithm": "online-dpo", "train.timestep_fraction": 0.3}),
+        ("sft", {"train.algorithm": "sft", "train.timestep_fraction": 0.3}),
+        ("ddpo-is", {"train.algorithm": "ddpo-is", "train.min_count": 4, "train.clip_range": 1e-3}))},
 }
 COMMON = {"train.learning_rate": 1e-3, "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 0,
           "eval.max_prompts": 6, "eval.grid_every": 0}
@@ -66,7 +67,6 @@ def run_one(name: str, overrides: dict) -> dict:
     folder = OUT / name
     cfg = apply_overrides(Config(), COMMON | overrides | {"run.output_dir": str(folder),
                                                           "data.cache_dir": str(OUT / "cache")})
-    t0 = time.time()
     tr = Trainer(cfg, folder)
     resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
     tr.train(resume=resume)
@@ -75,7 +75,8 @@ def run_one(name: str, overrides: dict) -> dict:
         row = against_base(tr.policy, prompts, [100_000 + i for i in range(len(prompts))], num_steps=10)
         row["implicit_kl"] = implicit_kl(tr, ForwardProcess(tr.policy))
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
-    row |= {"name": name, "overrides": overrides, "minutes": (time.time() - t0) / 60, "epochs": cfg.run.epochs,
+    row |= {"name": name, "overrides": overrides, "epochs": cfg.run.epochs,
+            "minutes": sum(r.get("perf/epoch_s", 0.0) for r in rows) / 60,  # training only, one thread, shared machine
             "final_implicit_accuracy": rows[-1].get("train/implicit_accuracy"),
             "queries": 2000 if cfg.train.algorithm == "dpo" else cfg.run.epochs * cfg.samples_per_epoch}
     (folder / "result.json").write_text(json.dumps(row, indent=1))
@@ -113,21 +114,46 @@ def report() -> None:
     if rows:
         RESULTS.write_text(json.dumps(rows, indent=1))
     rows = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    lines = ["| run | win rate vs base (± s.e.) | per-image accuracy, base → trained | saturation, base → trained "
-             "| implicit KL | hidden-preference queries | minutes |", "|---|---|---|---|---|---|---|"]
+    lines = ["| run | win rate vs base (± s.e.) | per-image accuracy, base → trained (± paired s.e.) | "
+             "saturation, base → trained (± paired s.e.) | implicit KL | hidden-preference queries | minutes |",
+             "|---|---|---|---|---|---|---|"]
     for n, r in rows.items():
         lines.append(f"| {n} | {r['win_rate']:.3f} ± {r['win_rate_se']:.3f} | {r['accuracy_base']:.3f} → "
-                     f"{r['accuracy_trained']:.3f} | {r['saturation_base']:.3f} → {r['saturation_trained']:.3f} | "
+                     f"{r['accuracy_trained']:.3f} (± {r.get('accuracy_change_se', float('nan')):.3f}) | {r['saturation_base']:.3f} → "
+                     f"{r['saturation_trained']:.3f} (± {r.get('saturation_change_se', float('nan')):.3f}) | "
                      f"{r['implicit_kl']:.2e} | {r['queries']} | {r['minutes']:.1f} |")
-    offline = [r["win_rate"] for n, r in rows.items() if n.startswith("offline-")]
-    if len(offline) > 1:
-        m = sum(offline) / len(offline)
-        se = (sum((x - m) ** 2 for x in offline) / (len(offline) - 1) / len(offline)) ** 0.5
-        lines.append(f"\nOffline DPO over {len(offline)} seeds: win rate {m:.3f} ± {se:.3f} (s.e. over seeds).")
+    lines += ["", "| method | seeds | win rate, mean ± s.e. over seeds | accuracy change | saturation change | implicit KL |",
+              "|---|---|---|---|---|---|"]
+    for label, names in _groups(rows).items():
+        g = [rows[n] for n in names]
+        lines.append(f"| {label} | {len(g)} | {_mean_se([r['win_rate'] for r in g])} | "
+                     f"{_mean_se([r['accuracy_trained'] - r['accuracy_base'] for r in g], '+.3f')} | "
+                     f"{_mean_se([r['saturation_trained'] - r['saturation_base'] for r in g], '+.4f')} | "
+                     f"{sum(r['implicit_kl'] for r in g) / len(g):.2e} |")
     text = "\n".join(lines)
     (RESULTS.with_suffix(".md")).write_text(text + "\n")
     print(text)
     _plots(rows)
+
+
+def _groups(rows: dict) -> dict[str, list[str]]:
+    """Runs that differ only by seed, under one label."""
+    labels = {"offline": "offline DPO, beta 2500", "beta-250": "offline DPO, beta 250",
+              "beta-25000": "offline DPO, beta 25000", "online-dpo": "online DPO", "sft": "SFT on winners",
+              "ddpo-is": "DDPO-IS"}
+    out: dict[str, list[str]] = {}
+    for n in rows:
+        key = n.rsplit("-s", 1)[0] if n.rsplit("-s", 1)[-1].isdigit() else n
+        out.setdefault(labels.get(key, key), []).append(n)
+    return out
+
+
+def _mean_se(xs: list[float], fmt: str = ".3f") -> str:
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return f"{m:{fmt}}"
+    se = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs)) ** 0.5
+    return f"{m:{fmt}} ± {se:.3f}"
 
 
 def _plots(rows: dict) -> None:
@@ -138,29 +164,31 @@ def _plots(rows: dict) -> None:
 
     folder = ROOT / "docs" / "dpo"
     folder.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
-    names = [n for n in ("offline-s0", "offline-s1", "offline-s2", "online-dpo", "sft", "ddpo-is") if n in rows]
-    ax.bar(range(len(names)), [rows[n]["win_rate"] for n in names],
-           yerr=[rows[n]["win_rate_se"] for n in names], color=["C0" if n.startswith("offline") else "C1" for n in names])
+    groups = {k: v for k, v in _groups(rows).items() if "beta 2" not in k or "2500" in k}
+    fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=120)
+    for i, (label, names) in enumerate(groups.items()):
+        wins = [rows[n]["win_rate"] for n in names]
+        ax.bar(i, sum(wins) / len(wins), color="C0" if label.startswith("offline") else "C1", alpha=0.6)
+        ax.errorbar([i] * len(wins), wins, yerr=[rows[n]["win_rate_se"] for n in names], fmt="o", color="k", ms=3)
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
-    ax.set_xticks(range(len(names)), names, fontsize=8)
-    ax.set_ylabel("win rate against the base\n(held-out prompts, hidden preference)")
-    ax.set_title("2,000 hidden-preference queries each", fontsize=9)
+    ax.set_xticks(range(len(groups)), [k.replace(", beta 2500", "") for k in groups], fontsize=8)
+    ax.set_ylabel("win rate against the base\n(held-out prompts, hidden preference)", fontsize=8)
+    ax.set_title("2,000 hidden-preference queries each; dots: seeds (± s.e. over 440 images)", fontsize=8)
     fig.tight_layout()
     fig.savefig(folder / "equal_queries.png")
     plt.close(fig)
-    betas = [(b, rows[n]) for b, n in ((250, "beta-250"), (2500, "offline-s0"), (25000, "beta-25000")) if n in rows]
-    if len(betas) > 1:
-        fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-        for b, r in betas:
-            ax.errorbar(r["implicit_kl"], r["win_rate"], yerr=r["win_rate_se"], fmt="o", label=f"beta {b:g}")
-        ax.set_xscale("log")
-        ax.set_xlabel("implicit KL: mean ||eps_theta - eps_ref||^2")
-        ax.set_ylabel("win rate against the base")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(folder / "beta.png")
-        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.4, 3.4), dpi=120)
+    for color, (beta, key) in zip(("C2", "C0", "C3"), ((250, "beta-250"), (2500, "offline"), (25000, "beta-25000"))):
+        names = [n for n in rows if n == key or n.startswith(key + "-s")]
+        ax.errorbar([rows[n]["implicit_kl"] for n in names], [rows[n]["win_rate"] for n in names],
+                    yerr=[rows[n]["win_rate_se"] for n in names], fmt="o", color=color, label=f"beta {beta:g}")
+    ax.set_xscale("log")
+    ax.set_xlabel("implicit KL: mean per-element ||eps_theta - eps_ref||^2", fontsize=8)
+    ax.set_ylabel("win rate against the base", fontsize=8)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "beta.png")
+    plt.close(fig)
 
 
 def main() -> None:

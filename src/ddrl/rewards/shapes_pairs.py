@@ -47,21 +47,25 @@ def against_base(policy, prompts: list[str], seeds: list[int], *, num_steps: int
                  guidance_scale: float = 5.0, saturation_weight: float = 0.5) -> dict[str, float]:
     """The trained `policy` against its base (LoRA off, or `policy.reference()`), same prompts and
     seeds, judged by the hidden preference: win rate (ties one half) with its s.e., and the
-    verifier's per-image accuracy and the mean saturation of each."""
+    verifier's per-image accuracy and the mean saturation of each, with the paired s.e. of their
+    changes."""
     from ..generate import generate
     from ..worlds.shapes import verify
 
     with policy.reference():
         base = generate(policy, prompts, seeds, num_steps=num_steps, guidance_scale=guidance_scale, progress=False)
     new = generate(policy, prompts, seeds, num_steps=num_steps, guidance_scale=guidance_scale, progress=False)
-    out = {}
-    h = {}
+    out, h, per = {}, {}, {}
     for name, images in (("base", base), ("trained", new)):
         correct = [float(verify(im.permute(1, 2, 0).numpy(), p).correct) for im, p in zip(images, prompts)]
         sat = [saturation(im) for im in images]
         h[name] = [c + saturation_weight * s for c, s in zip(correct, sat)]
+        per[name] = torch.tensor([correct, sat], dtype=torch.float64)  # (2, n)
         out[f"accuracy_{name}"] = sum(correct) / len(correct)
         out[f"saturation_{name}"] = sum(sat) / len(sat)
+    d = per["trained"] - per["base"]  # paired by prompt and seed
+    se = d.std(dim=1) / len(prompts) ** 0.5
+    out["accuracy_change_se"], out["saturation_change_se"] = float(se[0]), float(se[1])
     out["win_rate"], out["win_rate_se"] = win_rate(h["trained"], h["base"])
     out["n"] = len(prompts)
     return out
