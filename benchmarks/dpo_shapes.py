@@ -141,11 +141,11 @@ def _groups(rows: dict) -> dict[str, list[str]]:
     labels = {"offline": "offline DPO, beta 2500", "beta-250": "offline DPO, beta 250",
               "beta-25000": "offline DPO, beta 25000", "online-dpo": "online DPO", "sft": "SFT on winners",
               "ddpo-is": "DDPO-IS"}
-    out: dict[str, list[str]] = {}
+    out: dict[str, list[str]] = {label: [] for label in labels.values()}  # in this order
     for n in rows:
         key = n.rsplit("-s", 1)[0] if n.rsplit("-s", 1)[-1].isdigit() else n
         out.setdefault(labels.get(key, key), []).append(n)
-    return out
+    return {k: v for k, v in out.items() if v}
 
 
 def _mean_se(xs: list[float], fmt: str = ".3f") -> str:
