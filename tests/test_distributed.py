@@ -97,3 +97,21 @@ def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tm
     assert scale > 0
     for k in b1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_an_undecodable_image_stops_every_process_with_its_line(tiny_sd_folder, tmp_path):
+    """The main process caches the latents while the others wait: its error must reach them too,
+    not leave them waiting at the barrier."""
+    from test_dpo_data import _jsonl
+
+    pairs = _jsonl(tmp_path / "data", n=4)
+    (tmp_path / "data" / "img" / "2a.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    args = _train_args(tiny_sd_folder, tmp_path / "run", **{"train.algorithm": "dpo", "data.pairs": str(pairs),
+                                                             "data.cache-dir": str(tmp_path / "cache"),
+                                                             "train.batch-size": 2})
+    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                          "--main_process_port", str(_free_port()), "-m", "ddrl.cli", *args],
+                         capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    assert out.returncode != 0
+    assert "pairs.jsonl:3: cannot decode the image" in out.stderr

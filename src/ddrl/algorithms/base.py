@@ -69,6 +69,7 @@ class Context:
     num_processes: int = 1
     process_index: int = 0
     is_main: bool = True
+    any_process: Callable[[bool], bool] = bool  # whether a flag is true on any process; every process must call it
 
 
 class Algorithm:

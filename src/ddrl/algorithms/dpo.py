@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError
+from ..data import DataError, pair_latents, read_pair_rows
 from ..losses.dpo import diffusion_dpo_loss
 from ..models.policy import Cond
 from .base import Algorithm, Context, EpochRewards, Rollouts, mean_stats, minibatches
@@ -92,15 +93,27 @@ class DPO(Algorithm):
 
     def __init__(self, ctx: Context):
         super().__init__(ctx)
-        from ..data import pair_latents, read_pair_rows
-
         cfg = ctx.cfg
         self.fp = ForwardProcess(ctx.policy)
         self.beta = dpo_beta(cfg, ctx.policy.prediction)
         resolution = cfg.data.resolution or ctx.policy.latent_shape[-1] * ctx.policy.pipe.vae_scale_factor
         rows = read_pair_rows(cfg.data)
-        self.data, where, cached = pair_latents(rows, ctx.policy, cfg.model.name, resolution, cfg.data.hflip,
-                                                cfg.data.cache_dir, cfg.data.skip_bad_rows, progress=ctx.is_main)
+
+        def latents():
+            return pair_latents(rows, ctx.policy, cfg.model.name, resolution, cfg.data.hflip, cfg.data.cache_dir,
+                                cfg.data.skip_bad_rows, progress=ctx.is_main)
+
+        # the main process encodes and caches; the others wait for it and read the cache
+        error = None
+        if ctx.is_main:
+            try:
+                self.data, where, cached = latents()
+            except ValueError as e:
+                error = e
+        if ctx.any_process(error is not None):
+            raise error or DataError("the main process could not cache the pair latents (its error says why)")
+        if not ctx.is_main:
+            self.data, where, cached = latents()
         if ctx.is_main:
             skipped = f", {len(self.data.skipped)} bad rows skipped (first: {self.data.skipped[0]})" if self.data.skipped else ""
             ties = f", {self.data.ties} ties dropped" if self.data.ties else ""
@@ -108,11 +121,11 @@ class DPO(Algorithm):
                   f"{'read from' if cached else 'cached in'} {where}")
         step = cfg.train.batch_size * ctx.num_processes * cfg.train.gradient_accumulation_steps
         self.per_epoch = cfg.data.pairs_per_epoch or (len(self.data) // step) * step
-        if self.per_epoch == 0 or self.per_epoch % (cfg.train.batch_size * ctx.num_processes):
-            raise ConfigError(f"{len(self.data)} pairs cannot fill one optimizer step of train.batch_size "
-                              f"{cfg.train.batch_size} x {ctx.num_processes} processes x "
-                              f"train.gradient_accumulation_steps {cfg.train.gradient_accumulation_steps}; "
-                              "lower train.batch_size or set data.pairs_per_epoch")
+        if self.per_epoch == 0 or self.per_epoch % step:
+            raise ConfigError(f"an epoch of {self.per_epoch or len(self.data)} pairs is not a whole number of optimizer "
+                              f"steps of train.batch_size {cfg.train.batch_size} x {ctx.num_processes} processes x "
+                              f"train.gradient_accumulation_steps {cfg.train.gradient_accumulation_steps} pairs; "
+                              "change data.pairs_per_epoch or the batch sizes")
         self.position = 0  # pairs of the stream consumed so far (saved in checkpoints)
         self._perms: dict[int, Tensor] = {}
 

@@ -103,7 +103,7 @@ class Trainer:
             optimizer_steps=lambda: self.optimizer_steps, generator=self.generator, gather=self.gather,
             trainable_state=self.trainable_state, swapped=self._swapped,
             num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
-            is_main=self.is_main))
+            is_main=self.is_main, any_process=self._any_process))
 
     # ------------------------------------------------------------------ setup
     def make_sampler(self, num_steps: int):
