@@ -164,7 +164,7 @@ def _plots(rows: dict) -> None:
 
     folder = ROOT / "docs" / "dpo"
     folder.mkdir(parents=True, exist_ok=True)
-    groups = {k: v for k, v in _groups(rows).items() if "beta 2" not in k or "2500" in k}
+    groups = {k: v for k, v in _groups(rows).items() if k not in ("offline DPO, beta 250", "offline DPO, beta 25000")}
     fig, ax = plt.subplots(figsize=(6.4, 3.4), dpi=120)
     for i, (label, names) in enumerate(groups.items()):
         wins = [rows[n]["win_rate"] for n in names]
