@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -99,6 +100,7 @@ def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tm
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4 * scale)
 
 
+@pytest.mark.slow
 def test_an_undecodable_image_stops_every_process_with_its_line(tiny_sd_folder, tmp_path):
     """The main process caches the latents while the others wait: its error must reach them too,
     not leave them waiting at the barrier."""
