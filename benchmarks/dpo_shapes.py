@@ -12,7 +12,7 @@ Experiments (all on shapes-sd, 10 sampling steps):
 
 Each trained model is compared with the base on the 55 held-out prompts x 8 seeds (440 images,
 the same seeds for both): the hidden preference's win rate (ties count one half), the verifier's
-per-image accuracy, and the mean saturation. The implicit KL is sum-free: the mean per-element
+per-image accuracy, and the mean saturation. The implicit KL is the mean per-element
 ||eps_theta - eps_ref||^2 over 512 training latents at uniform timesteps, the integrand of the KL
 between the two reverse processes (Wallace et al. 2023, eq. 9), in the units of the DPO errors.
 """
@@ -86,12 +86,13 @@ def run_one(name: str, overrides: dict) -> dict:
 def implicit_kl(tr, fp) -> float:
     import torch
 
+    from ddrl.config import DataConfig
     from ddrl.data import pair_latents, read_pair_rows
 
     policy = tr.policy
     data = getattr(tr.algorithm, "data", None)
     if data is None:  # online runs: the offline pairs' latents (cached by the offline runs)
-        rows = read_pair_rows(tr.cfg.data.__class__(pairs=str(PAIRS / "train.jsonl")))
+        rows = read_pair_rows(DataConfig(pairs=str(PAIRS / "train.jsonl")))
         data, _, _ = pair_latents(rows, policy, "shapes-sd", 48, False, OUT / "cache", False, progress=False)
     gens = [torch.Generator().manual_seed(i) for i in range(512)]
     x0, _ = data.draw([i * 17 % len(data) for i in range(512)], gens)
