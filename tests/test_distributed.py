@@ -34,38 +34,43 @@ def _result(run):
     return rows, first
 
 
-def test_two_processes_give_the_update_of_one(tiny_sd_folder, tmp_path):
-    # Global batch 8 samples per epoch, global minibatch 4: two optimizer steps per epoch. Both
-    # sample in batches of 4, so each image is computed by the same kernels, bit for bit.
-    one, two = tmp_path / "one", tmp_path / "two"
-    # one thread per process, as the launcher sets it, so kernels reduce in the same order
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-m", "ddrl.cli", *_train_args(
-        tiny_sd_folder, one, **{"sample.batch-size": 4, "sample.num-batches-per-epoch": 2,
-                                 "train.batch-size": 4})], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "--main_process_port", str(_free_port()), "-m", "ddrl.cli", *_train_args(
-                              tiny_sd_folder, two, **{"sample.batch-size": 4, "train.batch-size": 2})],
-                         capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "2 process(es)" in out.stdout
-    rows1, w1 = _result(one)
-    rows2, w2 = _result(two)
-    # Epoch 1: the same samples, rewards and advantages, bit for bit ...
-    assert rows1[0]["reward/mean"] == rows2[0]["reward/mean"] and rows1[0]["reward/std"] == rows2[0]["reward/std"]
-    # ... the same gradient norm (after averaging across processes; a sum instead of a mean
-    # would double it) ...
+def _launch(args: list[str], processes: int, **kwargs) -> subprocess.CompletedProcess:
+    """`ddrl <args>` in 1 process, or in 2 under `accelerate launch` (gloo), one thread each so
+    kernels reduce in the same order."""
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    return subprocess.run([sys.executable, *(launch if processes == 2 else []), "-m", "ddrl.cli", *args],
+                          capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+def _assert_same_update(rows1, w1, rows2, w2) -> None:
+    """The same gradient norm (after averaging across processes; a sum instead of a mean would
+    double it) and the same update. With adam_eps = 1, far above sqrt(v), AdamW's step is linear
+    in the gradient (lr * m / (sqrt(v) + eps) ~ lr * m), so float noise in the gradients stays
+    float noise in the weights. LoRA B starts at 0, so B is the update itself."""
     assert abs(rows1[0]["train/grad_norm"] - rows2[0]["train/grad_norm"]) < 1e-4 * rows1[0]["train/grad_norm"]
-    # ... and the same update. With adam_eps = 1, far above sqrt(v), AdamW's step is linear in
-    # the gradient (lr * m / (sqrt(v) + eps) ~ lr * m), so float noise in the gradients stays
-    # float noise in the weights. LoRA B starts at 0, so B is the update itself.
     b1 = {k: v for k, v in w1.items() if "lora_B" in k}
     scale = max(float(v.abs().max()) for v in b1.values())
     assert scale > 0
     for k in b1:
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4 * scale)
+
+
+def test_two_processes_give_the_update_of_one(tiny_sd_folder, tmp_path):
+    # Global batch 8 samples per epoch, global minibatch 4: two optimizer steps per epoch. Both
+    # sample in batches of 4, so each image is computed by the same kernels, bit for bit.
+    one, two = tmp_path / "one", tmp_path / "two"
+    out = _launch(_train_args(tiny_sd_folder, one, **{"sample.batch-size": 4, "sample.num-batches-per-epoch": 2,
+                                                      "train.batch-size": 4}), 1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _launch(_train_args(tiny_sd_folder, two, **{"sample.batch-size": 4, "train.batch-size": 2}), 2)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 process(es)" in out.stdout
+    rows1, w1 = _result(one)
+    rows2, w2 = _result(two)
+    # Epoch 1: the same samples, rewards and advantages, bit for bit, and the same update
+    assert rows1[0]["reward/mean"] == rows2[0]["reward/mean"] and rows1[0]["reward/std"] == rows2[0]["reward/std"]
+    _assert_same_update(rows1, w1, rows2, w2)
     # Epoch 2 starts from weights equal up to float noise, so its images (and JPEG sizes) agree
     # closely but not always exactly.
     assert abs(rows1[1]["reward/mean"] - rows2[1]["reward/mean"]) < 1e-3 * abs(rows1[1]["reward/mean"])
@@ -77,27 +82,17 @@ def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tm
     from test_dpo_data import _jsonl
 
     pairs = _jsonl(tmp_path / "data", n=8)
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
     common = {"train.algorithm": "dpo", "data.pairs": str(pairs), "data.pairs-per-epoch": 8, "data.hflip": "false",
               "data.cache-dir": str(tmp_path / "cache")}
     runs = {}
     for procs, batch in ((1, 4), (2, 2)):
         run = tmp_path / f"p{procs}"
-        args = _train_args(tiny_sd_folder, run, **common | {"train.batch-size": batch})
-        launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                  "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-        out = subprocess.run([sys.executable, *(launch if procs == 2 else []), "-m", "ddrl.cli", *args],
-                             capture_output=True, text=True, env=env)
+        out = _launch(_train_args(tiny_sd_folder, run, **common | {"train.batch-size": batch}), procs)
         assert out.returncode == 0, out.stderr[-3000:]
         runs[procs] = _result(run)
     (rows1, w1), (rows2, w2) = runs[1], runs[2]
     assert rows1[0]["data/pairs_seen"] == rows2[0]["data/pairs_seen"] == 8
-    assert abs(rows1[0]["train/grad_norm"] - rows2[0]["train/grad_norm"]) < 1e-4 * rows1[0]["train/grad_norm"]
-    b1 = {k: v for k, v in w1.items() if "lora_B" in k}
-    scale = max(float(v.abs().max()) for v in b1.values())
-    assert scale > 0
-    for k in b1:
-        torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-4 * scale)
+    _assert_same_update(rows1, w1, rows2, w2)
 
 
 @pytest.mark.slow
@@ -111,9 +106,6 @@ def test_an_undecodable_image_stops_every_process_with_its_line(tiny_sd_folder, 
     args = _train_args(tiny_sd_folder, tmp_path / "run", **{"train.algorithm": "dpo", "data.pairs": str(pairs),
                                                              "data.cache-dir": str(tmp_path / "cache"),
                                                              "train.batch-size": 2})
-    out = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                          "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                          "--main_process_port", str(_free_port()), "-m", "ddrl.cli", *args],
-                         capture_output=True, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"}, timeout=300)
+    out = _launch(args, 2, timeout=300)
     assert out.returncode != 0
     assert "pairs.jsonl:3: cannot decode the image" in out.stderr

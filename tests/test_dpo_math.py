@@ -4,12 +4,14 @@ and transcriptions of the reference code."""
 import math
 from types import SimpleNamespace
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ddrl.algorithms import EpochRewards
-from ddrl.algorithms.dpo import group_winners, pair_step
+from ddrl.algorithms.dpo import group_best, group_winners, pair_step
 from ddrl.algorithms.forward_process import ForwardProcess
 from ddrl.losses.dpo import diffusion_dpo_loss, dpo_margin
 from ddrl.models.policy import Cond
@@ -200,3 +202,60 @@ def test_online_pairs_are_each_groups_best_and_worst_and_ties_carry_none():
     assert out.tolist() == [0, 1, 0, -1, 0, 0, 0, 0, -1, 0, 1, 0]  # first argmax / argmin on ties within a group
     arbitrary = group_winners(_batch([1.0, 1.0, 1.0, 1.0], 4), "arbitrary")
     assert arbitrary.tolist() == [-1, 1, 0, 0]  # flow_grpo: min_idx 0, max_idx 1
+
+
+def flow_grpo_stat_tracker(prompts, rewards, kind):
+    """A transcription of flow_grpo flow_grpo/stat_tracking.py PerPromptStatTracker.update, its
+    'dpo' and 'sft' branches (the per-prompt advantages the DPO and SFT scripts train on)."""
+    prompts = np.array(prompts)
+    rewards = np.array(rewards, dtype=np.float64)
+    advantages = np.empty_like(rewards) * 0.0
+    for prompt in np.unique(prompts):
+        prompt_rewards = rewards[prompts == prompt]
+        if kind == "sft":
+            advantages[prompts == prompt] = (torch.tensor(prompt_rewards) == torch.max(torch.tensor(prompt_rewards))).float().numpy()
+        elif kind == "dpo":
+            prompt_advantages = torch.tensor(prompt_rewards)
+            max_idx = torch.argmax(prompt_advantages)
+            min_idx = torch.argmin(prompt_advantages)
+            if max_idx == min_idx:
+                min_idx = 0
+                max_idx = 1
+            result = torch.zeros_like(prompt_advantages).float()
+            result[max_idx] = 1.0
+            result[min_idx] = -1.0
+            advantages[prompts == prompt] = result.numpy()
+    return advantages
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_online_pairs_and_sft_winners_match_flow_grpos_stat_tracker(seed):
+    """On groups of 4 with ties (rewards in {0, 0.5, 1}, as a verifier gives): the winners equal
+    the 'sft' branch everywhere, the pairs the 'dpo' branch with tied groups paired arbitrarily,
+    and with tied groups dropped the same except that those groups carry nothing."""
+    g = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 3, (24,), generator=g).float() / 2
+    rewards[4:8] = 0.5  # one group all tied
+    groups = torch.arange(24) // 4
+    batch = EpochRewards(rewards, groups, [f"p{int(i)}" for i in groups], groups)
+    prompts = [f"p{int(i)}" for i in groups]
+    assert np.array_equal(group_best(batch).numpy(), flow_grpo_stat_tracker(prompts, rewards.tolist(), "sft"))
+    reference = flow_grpo_stat_tracker(prompts, rewards.tolist(), "dpo")
+    assert np.array_equal(group_winners(batch, "arbitrary").numpy(), reference)
+    tied = torch.tensor([bool((rewards[groups == k] == rewards[groups == k][0]).all()) for k in groups.tolist()])
+    dropped = group_winners(batch, "drop").numpy()
+    assert np.array_equal(dropped[~tied.numpy()], reference[~tied.numpy()]) and not dropped[tied.numpy()].any()
+
+
+def test_diffusion_noising_is_the_schedulers_add_noise():
+    """SalesforceAIResearch/DiffusionDPO train.py noises with noise_scheduler.add_noise(latents, noise, t)."""
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    fp = ForwardProcess(SimpleNamespace(prediction="epsilon", alphas_cumprod=sched.alphas_cumprod))
+    gens = [torch.Generator().manual_seed(i) for i in range(6)]
+    level, noise = fp.draw((4, 8, 8), gens)
+    x0 = torch.randn(6, 4, 8, 8, generator=torch.Generator().manual_seed(9))
+    x_t, target = fp.noised(x0, level, noise)
+    torch.testing.assert_close(x_t, sched.add_noise(x0, noise, level), rtol=0, atol=1e-6)
+    assert torch.equal(target, noise) and level.min() >= 0 and level.max() < 1000

@@ -97,3 +97,17 @@ def test_online_algorithms_train_a_flow_model_on_velocity_errors(tiny_sd3_folder
     m = tr.run_epoch(0, ThreadPoolExecutor(1))
     assert torch.isfinite(torch.tensor(m["train/loss"]))
     assert any(not torch.equal(v, tr.trainable_state()[k]) for k, v in before.items())
+
+
+def test_a_resolution_the_model_cannot_take_or_a_sampler_of_the_other_kind_is_one_clear_error(tiny_sd_folder,
+                                                                                             tiny_sd3_folder, tmp_path):
+    from ddrl.config import ConfigError
+    from ddrl.models.policy import ModelError
+
+    pairs = _jsonl(tmp_path / "data", n=2)
+    dpo = {"train.algorithm": "dpo", "data.pairs": str(pairs), "data.cache_dir": str(tmp_path / "cache"),
+           "train.batch_size": 2}
+    with pytest.raises(ConfigError, match=r"data.resolution 36 must be a multiple of 8 for .*downsampling factor 4"):
+        Trainer(tiny_config(tiny_sd_folder, **dpo | {"data.resolution": 36}), tmp_path / "a")
+    with pytest.raises(ModelError, match="sample.sampler ddim does not sample it: use flow-sde"):
+        Trainer(tiny_config(tiny_sd3_folder, **dpo), tmp_path / "b")

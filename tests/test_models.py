@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from diffusers import StableDiffusion3Pipeline, StableDiffusionPipeline
+from diffusers import StableDiffusionPipeline
 from peft import LoraConfig
 from torch.testing import assert_close
 
@@ -29,27 +29,19 @@ def test_sd_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sd_folder, 
 
 
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
-def test_sd3_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sd3_folder, guidance):
-    policy = load_policy(str(tiny_sd3_folder))
-    prompts, seeds = ["a blue triangle", "a circle above a square"], [5, 6]
+@pytest.mark.parametrize("folder, pipeline", [("tiny_sd3_folder", "StableDiffusion3Pipeline"),
+                                              ("tiny_sdxl_folder", "StableDiffusionXLPipeline")])
+def test_sd3_and_sdxl_adapters_sample_what_their_diffusers_pipelines_sample(folder, pipeline, guidance, request):
+    """SD3: three text encoders, flow sigmas. SDXL: both text encoders, the pooled embedding,
+    add_time_ids (R, R, 0, 0, R, R) and, with guidance, the zero negative embeddings of
+    force_zeros_for_empty_prompt. Same starting latents: ddrl's loop equals the pipeline."""
+    import diffusers
+
+    path = request.getfixturevalue(folder)
+    policy = load_policy(str(path))
+    prompts, seeds = ["a blue triangle", "a circle left of a square"], [5, 6]
     ddrl_images = generate(policy, prompts, seeds, num_steps=5, guidance_scale=guidance, progress=False)
-    pipe = StableDiffusion3Pipeline.from_pretrained(tiny_sd3_folder)
-    pipe.set_progress_bar_config(disable=True)
-    out = pipe(prompts, latents=_initial_latents(policy, seeds), num_inference_steps=5,
-               guidance_scale=guidance, output_type="pt").images
-    assert_close(ddrl_images, out, rtol=0, atol=2e-5)
-
-
-@pytest.mark.parametrize("guidance", [1.0, 4.0])
-def test_sdxl_adapter_samples_what_the_diffusers_pipeline_samples(tiny_sdxl_folder, guidance):
-    """Both text encoders, the pooled embedding, add_time_ids (R, R, 0, 0, R, R) and, with guidance,
-    the zero negative embeddings of force_zeros_for_empty_prompt: ddrl's loop equals the pipeline."""
-    from diffusers import StableDiffusionXLPipeline
-
-    policy = load_policy(str(tiny_sdxl_folder))
-    prompts, seeds = ["a green square", "a circle left of a triangle"], [1, 2]
-    ddrl_images = generate(policy, prompts, seeds, num_steps=5, guidance_scale=guidance, progress=False)
-    pipe = StableDiffusionXLPipeline.from_pretrained(tiny_sdxl_folder)
+    pipe = getattr(diffusers, pipeline).from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
     out = pipe(prompts, latents=_initial_latents(policy, seeds), num_inference_steps=5,
                guidance_scale=guidance, output_type="pt").images

@@ -218,9 +218,8 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
           f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
     if not algorithm.uses_rollouts(cfg):
-        per = f"{cfg.data.pairs_per_epoch} pairs" if cfg.data.pairs_per_epoch else "one pass over the pairs"
-        print(f"  per epoch: {per} of {cfg.data.pairs}, optimizer steps of {t.batch_size * t.gradient_accumulation_steps * procs} "
-              f"pairs; {cfg.run.epochs} epochs; no sampling in training")
+        print(f"  per epoch: {cfg.data.pairs_per_epoch or 'one pass over the'} pairs of {cfg.data.pairs}, optimizer "
+              f"steps of {t.batch_size * t.gradient_accumulation_steps * procs} pairs; {cfg.run.epochs} epochs")
     else:
         print(f"  per epoch: {cfg.global_samples_per_epoch(procs)} samples ({procs} process(es) x {s.num_batches_per_epoch} "
               f"batches x {s.batch_size}), {s.num_steps} steps each, {algorithm.trained_steps(cfg)} trained; "

@@ -112,3 +112,19 @@ def _check_prompt_source(key: str, src: str) -> None:
     elif src not in ("shapes:train", "shapes:heldout", "shapes:all", "animals", "animal-activities"):
         raise ConfigError(f"{key} {src!r} is not a prompt source; use shapes:train, shapes:heldout, "
                           "shapes:all, animals, animal-activities or file:PATH")
+
+
+def check_model_kind(cfg: Config, prediction: str) -> None:
+    """Once the model is loaded: its kind (epsilon or velocity) suits the algorithm and the sampler."""
+    from .models.policy import ModelError
+
+    kinds = {"epsilon": "a diffusion (epsilon) model such as shapes-sd or Stable Diffusion",
+             "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
+    wanted = algorithm_class(cfg.train.algorithm).prediction
+    if wanted is not None and prediction != wanted:
+        raise ModelError(f"{cfg.model.name!r} is {kinds[prediction]}; train.algorithm {cfg.train.algorithm} "
+                         f"trains {kinds[wanted]}")
+    if (cfg.sample.sampler == "ddim") != (prediction == "epsilon"):
+        fix = "ddim" if prediction == "epsilon" else "flow-sde, flow-cps, flow-ode or flow-dpm2"
+        raise ModelError(f"{cfg.model.name!r} is {kinds[prediction]}; sample.sampler {cfg.sample.sampler} "
+                         f"does not sample it: use {fix}")

@@ -96,7 +96,11 @@ class DPO(Algorithm):
         cfg = ctx.cfg
         self.fp = ForwardProcess(ctx.policy)
         self.beta = dpo_beta(cfg, ctx.policy.prediction)
-        resolution = cfg.data.resolution or ctx.policy.latent_shape[-1] * ctx.policy.pipe.vae_scale_factor
+        factor = ctx.policy.pipe.vae_scale_factor
+        resolution = cfg.data.resolution or ctx.policy.latent_shape[-1] * factor
+        if resolution % (2 * factor):  # an even latent side, as the UNets' and transformers' 2x2 patches need
+            raise ConfigError(f"data.resolution {resolution} must be a multiple of {2 * factor} for {cfg.model.name} "
+                              f"(twice its VAE's downsampling factor {factor})")
         rows = read_pair_rows(cfg.data)
 
         def latents():
@@ -274,12 +278,18 @@ class OnlineDPO(_SampledFromReference):
         return mean_stats(stats) | self.maybe_refresh()
 
 
+def group_best(batch: EpochRewards) -> Tensor:
+    """1 at every sample with its group's highest reward (all of a tie), 0 elsewhere, (N,)."""
+    best = torch.zeros(len(batch.rewards))
+    for g in batch.groups.unique():
+        rows = (batch.groups == g).nonzero().flatten()
+        best[rows] = (batch.rewards[rows] == batch.rewards[rows].max()).float()
+    return best
+
+
 class SFT(_SampledFromReference):
     def signal(self, batch: EpochRewards, metrics: dict) -> Tensor:
-        best = torch.zeros(len(batch.rewards))
-        for g in batch.groups.unique():
-            rows = (batch.groups == g).nonzero().flatten()
-            best[rows] = (batch.rewards[rows] == batch.rewards[rows].max()).float()
+        best = group_best(batch)
         metrics["train/winner_fraction"] = float(best.mean())
         return best
 

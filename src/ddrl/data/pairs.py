@@ -81,7 +81,10 @@ def read_pair_rows(data, skip_bad_rows: bool | None = None) -> PairRows:
     """The rows of `data.pairs` (a DataConfig), bad ones refused or (skip_bad_rows) counted."""
     skip = data.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
     kind = pairs_kind(data.pairs)
-    out = _read_jsonl(data.pairs, skip) if kind == "jsonl" else _read_dataset(data, skip)
+    try:
+        out = read_jsonl_pairs(data.pairs, skip) if kind == "jsonl" else _read_dataset(data, skip)
+    except BadRow as e:
+        raise DataError(f"{e} (set data.skip_bad_rows true to skip bad rows and count them)") from None
     if data.max_pairs:
         out.rows = out.rows[:data.max_pairs]
     if not out.rows:
@@ -90,18 +93,25 @@ def read_pair_rows(data, skip_bad_rows: bool | None = None) -> PairRows:
     return out
 
 
+class BadRow(DataError):
+    """One row of the data is unusable; the message starts with where it is."""
+
+
 def _bad(skip: bool, skipped: list[str], where: str, why: str) -> None:
     if not skip:
-        raise DataError(f"{where}: {why} (set data.skip_bad_rows true to skip bad rows and count them)")
+        raise BadRow(f"{where}: {why}")
     skipped.append(f"{where}: {why}")
 
 
-def _read_jsonl(source: str, skip: bool) -> PairRows:
+def read_jsonl_pairs(source: str | Path, skip: bool) -> PairRows:
+    """Pairs from a JSONL file or a folder holding one (image paths made absolute). A row that is
+    not JSON, has a missing, empty or non-text value or an unknown field, or names a missing image
+    raises BadRow with its line, or (`skip`) is counted in `skipped`."""
     path = Path(source).expanduser()
     if path.is_dir():
         path = _jsonl_in(path) or path / "pairs.jsonl"
     if not path.is_file():
-        raise DataError(f"data.pairs: no file {path}")
+        raise DataError(f"no preference pairs at {path}")
     try:
         text = read_text(path, "pairs file")
     except ValueError as e:
@@ -122,9 +132,9 @@ def _read_jsonl(source: str, skip: bool) -> PairRows:
         unknown = [k for k in row if k not in _JSONL_FIELDS + _JSONL_INFO]
         bad = [k for k in _JSONL_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
         if unknown or bad:
-            why = (f"unknown field(s) {', '.join(map(repr, unknown))}; a pair has {', '.join(_JSONL_FIELDS)}"
-                   if unknown else f"{', '.join(bad)} must be non-empty text, got "
-                   f"{', '.join(repr(row.get(k)) for k in bad)}")
+            why = (f"unknown field(s) {', '.join(map(repr, unknown))}; a pair has {', '.join(_JSONL_FIELDS)} "
+                   f"(and optionally {', '.join(_JSONL_INFO)})" if unknown else
+                   f"{', '.join(bad)} must be non-empty text, got {', '.join(repr(row.get(k)) for k in bad)}")
             _bad(skip, skipped, where, why)
             continue
         images = [path.parent / row[k] for k in ("chosen", "rejected")]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..bounds import number_problem
-from ..io import atomic_write_text, check_writable_dir, read_text
+from ..io import atomic_write_text, check_writable_dir
 from .base import RewardError, RewardOutput, in_batches
 
 CONFIG, WEIGHTS = "reward_model.json", "model.safetensors"
@@ -94,50 +94,19 @@ class PreferenceCNN(nn.Module):
 # data
 
 
-PAIR_FIELDS = ("prompt", "chosen", "rejected")
-INFO_FIELDS = ("margin",)  # written by `ddrl reward-pairs`, not used in training
-
-
 def read_pairs(path: str | Path) -> list[dict]:
-    """Pairs from a JSONL file (or a folder holding `pairs.jsonl`), image paths made absolute.
-    A row with a missing, empty or non-text value, an unknown field or a missing image is refused
-    with its line number."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "pairs.jsonl"
-    if not path.is_file():
-        raise RewardError(f"no preference pairs at {path}")
+    """Pairs from a JSONL file (or a folder holding `pairs.jsonl`), image paths made absolute, read
+    by ddrl.data.pairs (which Diffusion-DPO shares). A row with a missing, empty or non-text value,
+    an unknown field or a missing image is refused with its line number."""
+    from ..data.pairs import DataError, read_jsonl_pairs
+
     try:
-        text = read_text(path, "pairs file")
-    except ValueError as e:
+        rows = read_jsonl_pairs(path, skip=False).rows
+    except DataError as e:
         raise RewardError(str(e)) from None
-    pairs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise RewardError(f"{path}:{n}: not JSON ({e})") from None
-        if not isinstance(row, dict):
-            raise RewardError(f"{path}:{n}: expected a JSON object with {', '.join(PAIR_FIELDS)}")
-        unknown = [k for k in row if k not in PAIR_FIELDS + INFO_FIELDS]
-        if unknown:
-            raise RewardError(f"{path}:{n}: unknown field(s) {', '.join(map(repr, unknown))}; a pair has "
-                              f"{', '.join(PAIR_FIELDS)} (and optionally {', '.join(INFO_FIELDS)})")
-        bad = [k for k in PAIR_FIELDS if not isinstance(row.get(k), str) or not row[k].strip()]
-        if bad:
-            raise RewardError(f"{path}:{n}: {', '.join(bad)} must be non-empty text, got "
-                              f"{', '.join(repr(row.get(k)) for k in bad)}")
-        pair = {"prompt": row["prompt"], "chosen": str(path.parent / row["chosen"]),
-                "rejected": str(path.parent / row["rejected"]), "line": f"{path}:{n}"}
-        for key in ("chosen", "rejected"):
-            if not Path(pair[key]).is_file():
-                raise RewardError(f"{path}:{n}: no image at {pair[key]}")
-        pairs.append(pair)
-    if not pairs:
+    if not rows:
         raise RewardError(f"{path} has no pairs")
-    return pairs
+    return [{"prompt": r.prompt, "chosen": r.chosen, "rejected": r.rejected, "line": r.where} for r in rows]
 
 
 def load_images(paths: Sequence[str]) -> Tensor:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..algorithms import Context, EpochRewards, Rollouts
 from ..config import Config
-from ..config_checks import algorithm_class
+from ..config_checks import algorithm_class, check_model_kind
 from ..ema import ema_step_
 from ..io import atomic_write_text
 from ..models.policy import ModelError, guided_prediction
@@ -41,6 +41,7 @@ from .checkpoint import list_checkpoints
 from .evaluation import evaluate_once, write_grid
 from .finite import NonFiniteError, first_nonfinite, nonfinite_error
 from .metrics import MetricsLog
+from .optim import average_gradients, make_optimizer, set_warmup_lr
 from .report import finish_run
 from .resume import run_config_text
 from .state import load_latest_intact, save_trainer
@@ -73,15 +74,7 @@ class Trainer:
 
         self.policy = load_policy(cfg.model.name, device=self.accelerator.device)
         algorithm = algorithm_class(cfg.train.algorithm)
-        kinds = {"epsilon": "a diffusion (epsilon) model such as shapes-sd or Stable Diffusion",
-                 "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
-        if algorithm.prediction is not None and self.policy.prediction != algorithm.prediction:
-            raise ModelError(f"{cfg.model.name!r} is {kinds[self.policy.prediction]}; train.algorithm "
-                             f"{cfg.train.algorithm} trains {kinds[algorithm.prediction]}")
-        if (cfg.sample.sampler == "ddim") != (self.policy.prediction == "epsilon"):
-            fix = "ddim" if self.policy.prediction == "epsilon" else "flow-sde, flow-cps, flow-ode or flow-dpm2"
-            raise ModelError(f"{cfg.model.name!r} is {kinds[self.policy.prediction]}; sample.sampler "
-                             f"{cfg.sample.sampler} does not sample it: use {fix}")
+        check_model_kind(cfg, self.policy.prediction)
         check_prompt_lengths(self.policy, self.train_prompts, f"prompts.source {cfg.prompts.source}")
         check_prompt_lengths(self.policy, self.eval_prompts, f"prompts.eval_source {cfg.prompts.eval_source}")
         self.sampler = self.make_sampler(cfg.sample.num_steps)
@@ -91,7 +84,7 @@ class Trainer:
         self.params = self._make_trainable()
         # an EMA of the trained weights, for evaluation and export (flow_grpo's and DiffusionNFT's option)
         self.ema = {k: v.clone() for k, v in self.trainable_state().items()} if cfg.train.ema_decay > 0 else None
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.params, cfg)
         self.epoch = 0
         self.skipped_steps = 0
         self.nonfinite_batch = 0
@@ -155,16 +148,6 @@ class Trainer:
         if not params:
             raise ModelError("no trainable parameters: LoRA found no target modules in the denoiser")
         return params
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        t = self.cfg.train
-        if t.optimizer == "adafactor":  # SalesforceAIResearch/DiffusionDPO's SDXL settings
-            from transformers.optimization import Adafactor
-
-            return Adafactor(self.params, lr=self.cfg.learning_rate, weight_decay=t.weight_decay, clip_threshold=1.0,
-                             scale_parameter=False, relative_step=False)
-        return torch.optim.AdamW(self.params, lr=self.cfg.learning_rate, weight_decay=t.weight_decay,
-                                 betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
 
     @contextlib.contextmanager
     def reference(self):
@@ -253,14 +236,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def optimizer_step(self) -> float:
-        if self.accelerator.num_processes > 1:  # average gradients across processes, one all-reduce
-            flat = torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel(), device=p.device)
-                              for p in self.params])
-            flat = self.accelerator.reduce(flat, reduction="mean")
-            offset = 0
-            for p in self.params:
-                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
+        average_gradients(self.params, self.accelerator)
         t = self.cfg.train
         norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
         if not torch.isfinite(norm):
@@ -269,9 +245,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_steps += 1
             return float(norm)
-        if t.lr_warmup_steps:  # diffusers' constant_with_warmup: step k (from 0) at k / warm-up of the rate
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.learning_rate * min(1.0, self.optimizer_steps / t.lr_warmup_steps)
+        set_warmup_lr(self.optimizer, self.cfg, self.optimizer_steps)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.optimizer_steps += 1
