@@ -217,7 +217,7 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     algorithm = algorithm_class(t.algorithm)
     print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
           f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
-    if not algorithm.uses_rollouts(cfg):
+    if not algorithm.uses_rollouts(cfg) and cfg.data.pairs:  # offline, on pairs
         print(f"  per epoch: {cfg.data.pairs_per_epoch or 'one pass over the'} pairs of {cfg.data.pairs}, optimizer "
               f"steps of {t.batch_size * t.gradient_accumulation_steps * procs} pairs; {cfg.run.epochs} epochs")
     else:

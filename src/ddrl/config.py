@@ -25,12 +25,14 @@ NFTDecay = Literal["none", "ramp", "delayed"]
 NonFinite = Literal["stop", "skip"]
 TiedGroups = Literal["drop", "arbitrary"]
 OptimizerKind = Literal["adamw", "adafactor"]
+RewardLoss = Literal["neg", "relu", "abs"]
+Truncation = Literal["gaussian", "uniform", "fixed"]
 
 # keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
 RENAMED = {"train.cfg": "train.rescore_with_guidance"}
 # keys added since earlier releases (a section name covers all its keys): a run's config.yaml
 # without them resumes with their defaults, which behave as the release it was started with
-ADDED = ("data", "train.optimizer", "train.lr_warmup_steps", "train.dpo_beta", "train.dpo_ref_update_steps",
+ADDED = ("data", "backprop", "train.optimizer", "train.lr_warmup_steps", "train.dpo_beta", "train.dpo_ref_update_steps",
          "train.dpo_tied_groups")
 
 
@@ -121,7 +123,9 @@ class TrainConfig:
     """apply classifier-free guidance when re-scoring steps in training, as at sampling (the
     references' `train.cfg`, default on); false re-scores the conditional prediction alone"""
     kl_coef: float = 0.0
-    """beta of the KL to the reference model (base model / LoRA off); 0 skips its forward"""
+    """beta of the KL to the reference model (base model / LoRA off); 0 skips its forward. Reward
+    backprop (refl, draft, alignprop): beta times the mean squared difference of the network outputs
+    at the steps with gradients, the Gaussian steps' KL up to a per-step constant"""
     kl_form: KLForm = "code"
     """flow-grpo/pref-grpo with flow-sde: code divides (mean - mean_ref)^2 by 2 s^2 as flow_grpo's
     training script does (the papers' beta assume it); paper by the step's full variance 2 s^2 dt"""
@@ -201,6 +205,38 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class BackpropConfig:
+    """Reward backpropagation (train.algorithm refl, draft, alignprop); None: the algorithm's reference value."""
+
+    loss: RewardLoss | None = None
+    """phi(r) minimised: neg (-r; draft, alignprop), relu (ReLU(target - r); refl) or abs (|r - target|)"""
+    target: float | None = None
+    """lambda of relu (refl: 2) or the target of abs (AlignProp's aesthetic run: 10)"""
+    scale: float | None = None
+    """the loss's factor (refl's grad_scale 1e-3, alignprop's loss_coeff 0.01, draft 1)"""
+    steps: int = 1
+    """draft: K, the last steps backpropagated through (DRaFT-K); alignprop with truncation fixed"""
+    lv_samples: int = 0
+    """draft: n > 0 is DRaFT-LV (K = 1): n noised copies of each sample's x0 each take the last step with grad"""
+    refl_first_step: int | None = None
+    """refl: the grad step m ~ U{first..last} (step indices from 0); None: 3T/4 (ReFL: 30 of 40)"""
+    refl_last_step: int | None = None
+    """None: T - 1 (ReFL: 39 of 40)"""
+    truncation: Truncation = "gaussian"
+    """alignprop: where backprop starts, drawn per minibatch: gaussian (b = int(N(T - mean_steps, std))),
+    uniform over [1, T), or fixed (the last `steps`); b is redrawn until in [1, T), as AlignProp"""
+    truncation_mean_steps: float = 8.0
+    """alignprop gaussian: mean steps backpropagated (AlignProp: mean 42 of 50 steps)"""
+    truncation_std: float = 5.0
+    checkpointing: bool = True
+    """recompute each network call with gradients in the backward pass (torch.utils.checkpoint), so
+    activation memory does not grow with the steps backpropagated (AlignProp: always)"""
+    pretrain_loss: bool = False
+    """before each reward step, an optimizer step on the denoising loss of the base model's own
+    samples (ReFL's SDXL script's --apply_pre_loss, which uses a dataset)"""
+
+
+@dataclass(frozen=True)
 class RewardConfig:
     name: str = "shapes-verifier"
     """a registered reward (`ddrl rewards list`)"""
@@ -246,6 +282,7 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    backprop: BackpropConfig = field(default_factory=BackpropConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)

@@ -55,6 +55,11 @@ class Step:
     std: Tensor  # broadcastable to x_prev; 0 for a deterministic step
 
 
+def _fp32(x: Tensor) -> Tensor:
+    """At least fp32: half precision is promoted, float64 (gradient checks) is kept."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 def gaussian_log_prob_per_dim(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """log N(x; mean, std^2) averaged over all non-batch dims, the reduction DDPO's clip
     range assumes. Needs std > 0."""
@@ -80,14 +85,20 @@ def eps_from_prediction(pred: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float,
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
 
 
+def ddim_x0(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float) -> Tensor:
+    """The data prediction x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) (diffusers' pred_original_sample)."""
+    ab_t = torch.as_tensor(alpha_bar_t, dtype=torch.float32)
+    return (_fp32(x_t) - (1 - ab_t).sqrt() * _fp32(eps)) / ab_t.sqrt()
+
+
 def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_prev: Tensor | float,
               *, eta: float, noise: Tensor | None = None, x_prev: Tensor | None = None) -> Step:
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
-    x_t, eps = x_t.float(), eps.float()
+    x_t, eps = _fp32(x_t), _fp32(eps)
     ab_t = torch.as_tensor(alpha_bar_t, dtype=torch.float32)
     ab_prev = torch.as_tensor(alpha_bar_prev, dtype=torch.float32)
-    x0_hat = (x_t - (1 - ab_t).sqrt() * eps) / ab_t.sqrt()
+    x0_hat = ddim_x0(x_t, eps, ab_t)
     std = eta * ((1 - ab_prev) / (1 - ab_t)).sqrt() * (1 - ab_t / ab_prev).sqrt()
     mean = ab_prev.sqrt() * x0_hat + (1 - ab_prev - std**2).clamp(min=0).sqrt() * eps
     if eta == 0:  # deterministic DDIM: no density, so nothing to score
@@ -97,15 +108,15 @@ def ddim_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_p
     if (noise is None) == (x_prev is None):
         raise ValueError("ddim_step needs exactly one of `noise` (to sample) or `x_prev` (to score)")
     if x_prev is None:
-        x_prev = mean + std * noise.float()
+        x_prev = mean + std * _fp32(noise)
     # The density is evaluated at the detached sample: log p_theta(x_prev) as a function of theta,
     # the score-function gradient. (Through a reparameterised x_prev, (x_prev - mean) = std*z
     # would not depend on theta at all.) x_prev itself keeps its graph for reward backprop.
-    return Step(x_prev.float(), gaussian_log_prob_per_dim(x_prev.detach().float(), mean, std), mean, std)
+    return Step(_fp32(x_prev), gaussian_log_prob_per_dim(_fp32(x_prev.detach()), mean, std), mean, std)
 
 
 def flow_ode_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float) -> Tensor:
-    return x_t.float() + (sigma_next - sigma) * velocity.float()
+    return _fp32(x_t) + (sigma_next - sigma) * _fp32(velocity)
 
 
 def flow_dpm2_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
@@ -141,7 +152,7 @@ def flow_dpm2_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_n
 def _sample_or_score(name: str, mean: Tensor, std: Tensor, noise: Tensor | None, x_prev: Tensor | None) -> Tensor:
     if (noise is None) == (x_prev is None):
         raise ValueError(f"{name} needs exactly one of `noise` (to sample) or `x_prev` (to score)")
-    return mean + std * noise.float() if x_prev is None else x_prev.float()
+    return mean + std * _fp32(noise) if x_prev is None else _fp32(x_prev)
 
 
 def flow_sde_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
@@ -153,7 +164,7 @@ def flow_sde_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_ne
     with a zero log-prob."""
     if noise_level < 0:
         raise ValueError(f"noise_level must be >= 0, got {noise_level}")
-    x_t, v = x_t.float(), velocity.float()
+    x_t, v = _fp32(x_t), _fp32(velocity)
     sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float32), torch.as_tensor(sigma_next, dtype=torch.float32)
     if noise_level == 0:
         if x_prev is not None:
@@ -179,7 +190,7 @@ def flow_cps_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_ne
     (std = sigma' sin(eta pi/2) = 0 there). eta 0 is the Euler ODE step."""
     if not 0 <= noise_level <= 1:
         raise ValueError(f"CPS needs noise_level (eta) in [0, 1], got {noise_level}")
-    x_t, v = x_t.float(), velocity.float()
+    x_t, v = _fp32(x_t), _fp32(velocity)
     sigma, sigma_next = torch.as_tensor(sigma, dtype=torch.float32), torch.as_tensor(sigma_next, dtype=torch.float32)
     x0_hat, x1_hat = x_t - sigma * v, x_t + (1 - sigma) * v
     angle = noise_level * math.pi / 2
@@ -266,6 +277,16 @@ class DDIMSampler:
     def model_time(self, j: Tensor) -> Tensor:
         return self.schedule.timesteps[j]
 
+    def x0_prediction(self, j: Tensor, x_t: Tensor, eps: Tensor) -> Tensor:
+        """The data prediction at step j (what ReFL scores)."""
+        view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
+        return ddim_x0(x_t, eps, self.schedule.alpha_bar[j].view(view))
+
+    def noise_to(self, j: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
+        """q(x_t | x0) at step j's noise level: sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
+        ab = self.schedule.alpha_bar[j]
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
     def step(self, j: Tensor, x_t: Tensor, eps: Tensor, *, noise: Tensor | None = None,
              x_prev: Tensor | None = None, previous: tuple[Tensor, Tensor] | None = None) -> Step:
         """`previous` (the last step's x_t and output) is for multistep solvers; DDIM has none."""
@@ -307,6 +328,16 @@ class FlowSampler:
 
     def model_time(self, j: Tensor) -> Tensor:
         return self.sigmas[j]
+
+    def x0_prediction(self, j: Tensor, x_t: Tensor, v: Tensor) -> Tensor:
+        """The data prediction at step j: x0_hat = x_t - sigma v."""
+        view = (-1,) + (1,) * (x_t.ndim - 1) if j.ndim else ()
+        return _fp32(x_t) - self.sigmas[j].view(view) * _fp32(v)
+
+    def noise_to(self, j: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
+        """The flow's forward process at step j's level: (1 - sigma) x0 + sigma noise."""
+        sigma = self.sigmas[j]
+        return (1 - sigma) * x0 + sigma * noise
 
     def step_size(self, j: Tensor) -> Tensor:
         """dt = sigma_j - sigma_{j+1} > 0 of step j."""

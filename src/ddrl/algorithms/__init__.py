@@ -9,6 +9,7 @@ from .dpo import DPO, SFT, OnlineDPO
 from .flow_grpo import FlowGRPO
 from .nft import NFT
 from .pref_grpo import PrefGRPO
+from .reward_backprop import AlignProp, DRaFT, ReFL
 from .rwr import RWR
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -21,6 +22,9 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "dpo": DPO,
     "online-dpo": OnlineDPO,
     "sft": SFT,
+    "refl": ReFL,
+    "draft": DRaFT,
+    "alignprop": AlignProp,
 }
 
 __all__ = ["ALGORITHMS", "Algorithm", "Context", "EpochRewards", "Rollouts"]

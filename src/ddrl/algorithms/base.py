@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..models.policy import Cond, Policy
+from ..rewards import RewardFn
 from ..sampling import DDIMSampler, FlowSampler
 
 if TYPE_CHECKING:
@@ -70,6 +71,10 @@ class Context:
     process_index: int = 0
     is_main: bool = True
     any_process: Callable[[bool], bool] = bool  # whether a flag is true on any process; every process must call it
+    # for algorithms that sample and score themselves (reward backpropagation):
+    reward: RewardFn | None = None
+    plan: Callable[[int], tuple[Tensor, Tensor]] | None = None  # epoch -> this process's (global indices, prompt ids)
+    prompts_of: Callable[[Tensor], tuple[list[str], list[dict]]] | None = None  # prompt ids -> (prompts, metadata)
 
 
 class Algorithm:

@@ -21,6 +21,8 @@ class RewardSpec:
     description: str
     extras: str = ""
     """the pip extra it needs beyond ddrl's own dependencies (`pip install ddrl[<extras>]`)"""
+    differentiable: bool = False
+    """its scores carry gradients to the images (reward backpropagation can use it)"""
 
 
 def _lazy(module: str, function: str) -> Callable[..., RewardFn]:
@@ -44,21 +46,21 @@ REWARDS: dict[str, RewardSpec] = {
                                     "the hidden preference of `ddrl reward-pairs`: correctness + "
                                     "saturation_weight (0.5) * mean HSV saturation"),
     "aesthetic": RewardSpec(_lazy("aesthetic", "aesthetic"), "images",
-                            "LAION aesthetic predictor, 1-10 (CLIP ViT-L/14 + MLP); DDPO paper"),
-    "clipscore": RewardSpec(_lazy("clip", "clipscore"), "images, prompts", "2.5 * max(CLIP cosine, 0)"),
+                            "LAION aesthetic predictor, 1-10 (CLIP ViT-L/14 + MLP); DDPO paper", differentiable=True),
+    "clipscore": RewardSpec(_lazy("clip", "clipscore"), "images, prompts", "2.5 * max(CLIP cosine, 0)", differentiable=True),
     "pickscore": RewardSpec(_lazy("clip", "pickscore"), "images, prompts",
-                            "PickScore_v1: exp(logit_scale) * CLIP-H cosine, about 18-24"),
+                            "PickScore_v1: exp(logit_scale) * CLIP-H cosine, about 18-24", differentiable=True),
     "hpsv2": RewardSpec(_lazy("clip", "hpsv2"), "images, prompts",
-                        "HPS v2/v2.1 CLIP-H cosine, about 0.2-0.35 (model=PATH of converted weights)"),
+                        "HPS v2/v2.1 CLIP-H cosine, about 0.2-0.35 (model=PATH of converted weights)", differentiable=True),
     "imagereward": RewardSpec(_lazy("imagereward", "imagereward"), "images, prompts",
-                              "ImageReward-style BLIP + MLP, standardised (model=BLIP folder, head=FILE)"),
+                              "ImageReward-style BLIP + MLP, standardised (model=BLIP folder, head=FILE)", differentiable=True),
     "vlm-bertscore": RewardSpec(_lazy("vlm", "vlm_bertscore"), "images, prompts",
                                 "BERTScore recall of a VLM's answer to 'what is going on in this image?' "
                                 "against the prompt; DDPO paper", extras="rewards"),
     "vlm-judge": RewardSpec(_lazy("vlm", "vlm_judge"), "images, prompts",
                             "a VLM's probability of 'yes' to 'does this image show <prompt>?'"),
     "learned": RewardSpec(_lazy("learned", "learned_reward"), "images, prompts",
-                          "a Bradley-Terry reward model trained with `ddrl reward-train` (path=DIR)"),
+                          "a Bradley-Terry reward model trained with `ddrl reward-train` (path=DIR)", differentiable=True),
 }
 
 
@@ -95,6 +97,16 @@ def _call(factory, url, options: dict, name: str) -> RewardFn:
         raise RewardError(f"reward {name!r} needs a package that is not installed ({e.name}){hint}") from None
 
 
+def non_differentiable(node: Node) -> list[str]:
+    """The rewards in a specification whose scores carry no gradient to the images (remote ones
+    included: images cross the network as PNG), read from the registry without building any."""
+    if isinstance(node, Atom):
+        ok = node.name in REWARDS and REWARDS[node.name].differentiable
+        return [] if ok else [node.name]
+    children = [n for _, n in node.terms] if isinstance(node, Sum) else [n for _, n in node.cases]
+    return [name for n in children for name in non_differentiable(n)]
+
+
 def build(node: Node) -> RewardFn:
     from .compose import Routed, WeightedSum
 
@@ -114,4 +126,4 @@ def get_reward(spec: str) -> RewardFn:
 
 
 __all__ = ["REWARDS", "RewardError", "RewardFn", "RewardOutput", "RewardSpec", "as_image_tensor", "build",
-           "check_images", "check_output", "get_reward", "options_help", "parse", "score"]
+           "check_images", "check_output", "get_reward", "non_differentiable", "options_help", "parse", "score"]

@@ -46,7 +46,7 @@ from .report import finish_run
 from .resume import run_config_text
 from .state import load_latest_intact, save_trainer
 
-_PURPOSE = {"noise": 0, "prompt": 1, "train": 2, "data": 3, "pairs": 4}
+_PURPOSE = {"noise": 0, "prompt": 1, "train": 2, "data": 3, "pairs": 4, "truncation": 5, "pretrain": 6}
 
 
 class Trainer:
@@ -96,7 +96,8 @@ class Trainer:
             optimizer_steps=lambda: self.optimizer_steps, generator=self.generator, gather=self.gather,
             trainable_state=self.trainable_state, swapped=self._swapped,
             num_processes=self.accelerator.num_processes, process_index=self.accelerator.process_index,
-            is_main=self.is_main, any_process=self._any_process))
+            is_main=self.is_main, any_process=self._any_process, reward=self.reward, plan=self.plan,
+            prompts_of=self.prompts_of))
 
     # ------------------------------------------------------------------ setup
     def make_sampler(self, num_steps: int):
@@ -184,12 +185,19 @@ class Trainer:
         return torch.tensor([int(torch.randint(len(self.train_prompts), (), generator=self.generator(
             epoch, int(i) // k, purpose="prompt"))) for i in global_idx])
 
+    def plan(self, epoch: int) -> tuple[Tensor, Tensor]:
+        gidx = self.local_indices()
+        return gidx, self.prompt_ids(epoch, gidx)
+
+    def prompts_of(self, pids: Tensor) -> tuple[list[str], list[dict]]:
+        prompts = [self.train_prompts[i] for i in pids]
+        return prompts, [{"prompt_id": int(i), **self.prompt_metadata[p]} for i, p in zip(pids, prompts)]
+
     def collect(self, epoch: int, pool: ThreadPoolExecutor, bar) -> tuple[Rollouts | None, list[Future]]:
         """Sample this process's share of the epoch, scoring each batch in `pool` as it is done.
         A batch with non-finite images or log-probs ends sampling (None; run_epoch raises)."""
         cfg, policy, algorithm = self.cfg, self.policy, self.algorithm
-        gidx = self.local_indices()
-        pids = self.prompt_ids(epoch, gidx)
+        gidx, pids = self.plan(epoch)
         with_graph = algorithm.keeps_sampling_graph(cfg)
         latents, log_probs, graphs, futures = [], [], [], []
         for start in range(0, len(gidx), cfg.sample.batch_size):
@@ -210,8 +218,7 @@ class Trainer:
             if not (bool(torch.isfinite(images).all()) and bool(torch.isfinite(traj.log_probs).all())):
                 self.nonfinite_batch = start // cfg.sample.batch_size + 1  # raised on every process after sampling
                 break
-            prompts = [self.train_prompts[i] for i in pids[sl]]
-            meta = [{"prompt_id": int(i), **self.prompt_metadata[prompts[k]]} for k, i in enumerate(pids[sl])]
+            prompts, meta = self.prompts_of(pids[sl])
             if cfg.reward.asynchronous:
                 futures.append(pool.submit(score, self.reward, images, prompts, meta))
             else:
@@ -394,6 +401,6 @@ class Trainer:
             return
         acc = f"  accuracy {m['reward/accuracy']:.3f}" if "reward/accuracy" in m else ""
         kl = f"  approx_kl {m['train/approx_kl']:.2e}  clipfrac {m['train/clipfrac']:.3f}" if "train/approx_kl" in m else ""
+        parts = " ".join(f"{k} {m[f'perf/{k}_s']:.1f}" for k in ("sample", "reward", "train") if f"perf/{k}_s" in m)
         tqdm.write(f"epoch {epoch + 1:>3}/{self.cfg.run.epochs}  reward {m['reward/mean']:+.4f} "
-                   f"(std {m['reward/std']:.3f}){acc}{kl}  {m['perf/epoch_s']:.1f}s "
-                   f"[sample {m['perf/sample_s']:.1f} reward {m['perf/reward_s']:.1f} train {m['perf/train_s']:.1f}]")
+                   f"(std {m['reward/std']:.3f}){acc}{kl}  {m['perf/epoch_s']:.1f}s [{parts}]")

@@ -1,0 +1,306 @@
+"""Reward backpropagation through the sampling chain (ALGORITHMS.md section 6): ReFL (Xu et al.
+2023), DRaFT-K and DRaFT-LV (Clark et al. 2023), AlignProp (Prabhudesai et al. 2023).
+
+Each minibatch is sampled from noise with the training sampler. Steps 0..b-1 run without
+gradients; steps b..T-1 run with them, so the gradient reaches the weights through every later
+step's output and through its input x_t, as in an unrolled recurrent network. With
+`backprop.checkpointing` each network call with gradients is recomputed in the backward pass
+(torch.utils.checkpoint), so activation memory does not grow with T - b. The final latents are
+decoded with gradients, scored by a differentiable reward r, and phi(r) (losses/reward_backprop.py)
+is descended. Where b lies:
+
+- draft (DRaFT-K): b = T - K.
+- draft with lv_samples n (DRaFT-LV, K = 1): the whole chain without gradients to x_0; then n
+  copies q(x_{t_last} | x_0) = noise_to(T - 1, x_0, eps_i) at the last step's noise level, each
+  denoised to its data prediction with gradients; the loss averages the n copies.
+- alignprop: b drawn per minibatch as int(N(T - mean_steps, std)), redrawn until in [1, T)
+  (mihirp1998/AlignProp sd_pipeline.py, backprop_strategy "gaussian": mean 42 of 50 steps, std 5),
+  or uniform over [1, T), or fixed.
+- refl: m ~ U{first..last}; steps before m without gradients, one network call at m with
+  gradients, and its data prediction x0_hat, not a further step, is decoded and scored
+  (THUDM/ImageReward ReFL.py: 40 steps, m in [30, 39]).
+
+Regularisers (both off by default, as in the references): `train.kl_coef` times the mean squared
+difference between the network's and the reference's outputs at the steps with gradients (for a
+Gaussian step, the KL between the two steps is this times a per-step constant), and
+`backprop.pretrain_loss`, one optimizer step on the denoising loss of the base model's own samples
+before each reward step (ReFL's SDXL script does this on a dataset).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Callable
+
+import torch
+import torch.utils.checkpoint
+from torch import Tensor
+
+from ..config import ConfigError
+from ..losses.reward_backprop import DEFAULTS, reward_loss
+from ..models.policy import Cond, guided_prediction
+from ..rewards import check_output, non_differentiable, parse
+from .base import Algorithm, Context, mean_stats
+from .forward_process import ForwardProcess
+
+
+def predict(ctx: Context, x: Tensor, t: Tensor, cond: Cond, uncond: Cond, checkpointed: bool) -> Tensor:
+    """The guided network output; under `checkpointed` its activations are recomputed in backward."""
+    def f(x_t: Tensor) -> Tensor:
+        with ctx.autocast():
+            return guided_prediction(ctx.policy, x_t, t, cond, uncond, ctx.cfg.sample.guidance_scale)
+
+    return torch.utils.checkpoint.checkpoint(f, x, use_reentrant=False) if checkpointed else f(x)
+
+
+def sample_with_grad(ctx: Context, x_T: Tensor, cond: Cond, uncond: Cond, noise: Callable[[], Tensor],
+                     first_grad_step: int, *, stop_at: int | None = None, checkpointed: bool = True,
+                     kl: bool = False) -> tuple[Tensor, list[Tensor], int]:
+    """(final latents, or the data prediction at step `stop_at`; per-step (B,) output errors to the
+    reference at the steps with gradients when `kl`; the number of network calls with gradients).
+    Steps from `first_grad_step` on keep their graph; earlier ones run without it."""
+    sampler = ctx.sampler
+    x, previous, kl_terms, calls = x_T, None, [], 0
+    last = len(sampler) if stop_at is None else stop_at + 1
+    for j in range(last):
+        jt = torch.tensor(j)
+        t = sampler.model_time(jt).expand(len(x)).to(x.device)
+        grad = j >= first_grad_step
+        with torch.set_grad_enabled(grad):
+            out = predict(ctx, x, t, cond, uncond, checkpointed and grad)
+            calls += grad
+            if grad and kl:
+                with torch.no_grad(), ctx.reference():
+                    ref = predict(ctx, x, t, cond, uncond, False)
+                kl_terms.append(((out.float() - ref.float()) ** 2).flatten(1).mean(1))
+            if j == stop_at:
+                return sampler.x0_prediction(jt, x, out), kl_terms, calls
+            z = noise() if sampler.stochastic[j] else None
+            step = sampler.step(jt, x, out, noise=z, previous=previous)
+        previous, x = (x, out), step.x_prev
+    return x, kl_terms, calls
+
+
+def alignprop_first_step(gen: torch.Generator, T: int, truncation: str, mean_steps: float, std: float,
+                         steps: int) -> int:
+    """AlignProp's truncation point b (sd_pipeline.py): gaussian int(N(T - mean_steps, std)),
+    truncated toward zero as Python's int(); uniform randint(0, T); redrawn until 1 <= b < T."""
+    if truncation == "fixed":
+        return T - steps
+    while True:
+        if truncation == "gaussian":
+            b = int(torch.normal(float(T - mean_steps), float(std), (), generator=gen))
+        else:
+            b = int(torch.randint(0, T, (), generator=gen))
+        if 1 <= b < T:
+            return b
+
+
+class RewardBackprop(Algorithm):
+    """The shared minibatch loop; subclasses say where gradients start and what is scored."""
+
+    prediction = None  # diffusion (DDIM) and flow models alike
+    key: str
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        bad = non_differentiable(parse(cfg.reward.name))
+        if bad:
+            from ..rewards import REWARDS
+
+            ok = ", ".join(k for k, s in REWARDS.items() if s.differentiable)
+            raise ConfigError(f"train.algorithm {cfg.train.algorithm} backpropagates the reward's gradient, but "
+                              f"{', '.join(map(repr, bad))} in reward.name {cfg.reward.name!r} has none. "
+                              f"Differentiable rewards: {ok}. For any reward, use a policy-gradient "
+                              "algorithm (ddpo-is, flow-grpo)")
+        loss, target, _ = cls.loss_settings(cfg)
+        if loss in ("relu", "abs") and target is None:
+            raise ConfigError(f"backprop.loss {loss} needs backprop.target")
+        t, n = cfg.train, cfg.samples_per_epoch
+        if n % (t.batch_size * t.gradient_accumulation_steps):
+            raise ConfigError(f"samples per epoch ({cfg.sample.batch_size} x {cfg.sample.num_batches_per_epoch} = {n}) "
+                              f"must be a multiple of train.batch_size ({t.batch_size}) x "
+                              f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps})")
+
+    @classmethod
+    def loss_settings(cls, cfg) -> tuple[str, float | None, float]:
+        b, (loss, target, scale) = cfg.backprop, DEFAULTS[cls.key]
+        return (b.loss or loss, b.target if b.target is not None else target, b.scale if b.scale is not None else scale)
+
+    @classmethod
+    def uses_rollouts(cls, cfg) -> bool:
+        return False
+
+    @classmethod
+    def needs_reference(cls, cfg) -> bool:
+        return cfg.train.kl_coef > 0 or cfg.backprop.pretrain_loss
+
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.loss, self.target, self.scale = self.loss_settings(ctx.cfg)
+        self.fp = ForwardProcess(ctx.policy) if ctx.cfg.backprop.pretrain_loss else None
+
+    def final_latents(self, x_T: Tensor, cond: Cond, uncond: Cond, noise, gen: torch.Generator
+                      ) -> tuple[Tensor, list[Tensor], int, int]:
+        """(latents to decode and score, with graph; KL terms; calls with gradients; copies per sample)."""
+        raise NotImplementedError
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        ctx, cfg = self.ctx, self.ctx.cfg
+        bs, ga, device = cfg.train.batch_size, cfg.train.gradient_accumulation_steps, ctx.policy.device
+        gidx, pids = ctx.plan(epoch)
+        stats: dict[str, list[float]] = defaultdict(list)
+        rewards, queries = [], 0
+        for mb, start in enumerate(range(0, len(gidx), bs)):
+            sl = slice(start, start + bs)
+            gens = [ctx.generator(epoch, int(i), purpose="noise") for i in gidx[sl]]
+
+            def noise(gens=gens):
+                return torch.stack([torch.randn(ctx.policy.latent_shape, generator=g) for g in gens]).to(device)
+
+            cond, uncond = ctx.cond_table[pids[sl]], ctx.uncond.repeat(len(gens))
+            prompts, metadata = ctx.prompts_of(pids[sl])
+            if self.fp is not None and mb % ga == 0:
+                pre_gens = [ctx.generator(epoch, int(i), purpose="pretrain") for i in gidx[sl]]  # leaves the sampling noise alone
+                stats["train/pretrain_loss"].append(self.pretrain_step(cond, uncond, pre_gens))
+            # one draw per global minibatch, so every process truncates its slice alike
+            gen = ctx.generator(epoch, int(gidx[start]) // (bs * ctx.num_processes), purpose="truncation")
+            latents, kl_terms, calls, copies = self.final_latents(noise(), cond, uncond, noise, gen)
+            images = ctx.policy.decode(latents)
+            out = ctx.reward(images.to(ctx.reward.device), prompts * copies, metadata * copies)
+            r = check_output(ctx.reward.name, out, len(images)).float()
+            loss = reward_loss(r, self.loss, self.target, self.scale)
+            if kl_terms:
+                kl = torch.stack(kl_terms).mean()
+                loss = loss + cfg.train.kl_coef * kl
+                stats["train/kl_ref"].append(float(kl.detach()))
+            (loss / ga).backward()
+            stats["train/loss"].append(float(loss.detach()))
+            stats["train/backprop_steps"].append(float(calls))
+            rewards.append(r.detach().cpu().view(copies, -1).mean(0))  # one value per sample
+            queries += len(r)
+            if (mb + 1) % ga == 0:
+                stats["train/grad_norm"].append(ctx.optimizer_step())
+        g = ctx.gather(torch.cat(rewards))
+        return mean_stats(stats) | {
+            "reward/mean": float(g.mean()), "reward/std": float(g.std(unbiased=False)),
+            f"reward/{cfg.reward.name}/mean": float(g.mean()),
+            "train/reward_queries": float(queries * ctx.num_processes)}
+
+    def pretrain_step(self, cond: Cond, uncond: Cond, gens: list[torch.Generator]) -> float:
+        """One optimizer step on the denoising loss of the base model's samples for these prompts."""
+        ctx = self.ctx
+        with torch.no_grad(), ctx.reference():
+            def noise():
+                return torch.stack([torch.randn(ctx.policy.latent_shape, generator=g) for g in gens]).to(ctx.policy.device)
+            x0, _, _ = sample_with_grad(ctx, noise(), cond, uncond, noise, len(ctx.sampler), checkpointed=False)
+        level, eps = self.fp.draw(tuple(x0.shape[1:]), gens)
+        x_t, target = self.fp.noised(x0, level, eps.to(x0.device))
+        with ctx.autocast():
+            pred = ctx.policy.predict(x_t, level.to(x0.device), cond)
+        loss = self.fp.error(pred, target, level).mean()
+        loss.backward()
+        ctx.optimizer_step()
+        return float(loss.detach())
+
+
+class DRaFT(RewardBackprop):
+    """DRaFT-K (backprop.steps = K), or DRaFT-LV with backprop.lv_samples = n."""
+
+    key = "draft"
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        b, T = cfg.backprop, cfg.sample.num_steps
+        if not 1 <= b.steps <= T:
+            raise ConfigError(f"backprop.steps (K = {b.steps}) must be in [1, sample.num_steps = {T}]")
+        if b.lv_samples < 0 or (b.lv_samples and b.steps != 1):
+            raise ConfigError(f"DRaFT-LV (backprop.lv_samples {b.lv_samples}) is defined for K = 1; "
+                              f"backprop.steps is {b.steps}")
+
+    @classmethod
+    def trained_steps(cls, cfg) -> int:
+        return cfg.backprop.steps
+
+    def final_latents(self, x_T, cond, uncond, noise, gen):
+        ctx, b = self.ctx, self.ctx.cfg.backprop
+        T, kl, ck = len(ctx.sampler), ctx.cfg.train.kl_coef > 0, b.checkpointing
+        n = b.lv_samples
+        if not n:
+            x, kl_terms, calls = sample_with_grad(ctx, x_T, cond, uncond, noise, T - b.steps, checkpointed=ck, kl=kl)
+            return x, kl_terms, calls, 1
+        with torch.no_grad():
+            x0, _, _ = sample_with_grad(ctx, x_T, cond, uncond, noise, T, checkpointed=False)
+        last = torch.tensor(T - 1)
+        x1 = torch.cat([ctx.sampler.noise_to(last, x0, noise()) for _ in range(n)])  # (n B, C, H, W)
+        t = ctx.sampler.model_time(last).expand(len(x1)).to(x1.device)
+        cond_n, uncond_n = Cond.cat([cond] * n), Cond.cat([uncond] * n)
+        out = predict(ctx, x1, t, cond_n, uncond_n, ck)
+        kl_terms = []
+        if kl:
+            with torch.no_grad(), ctx.reference():
+                ref = predict(ctx, x1, t, cond_n, uncond_n, False)
+            kl_terms.append(((out.float() - ref.float()) ** 2).flatten(1).mean(1))
+        return ctx.sampler.x0_prediction(last, x1, out), kl_terms, 1, n
+
+
+class AlignProp(RewardBackprop):
+    key = "alignprop"
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        b, T = cfg.backprop, cfg.sample.num_steps
+        if T < 2:
+            raise ConfigError("alignprop draws its truncation point in [1, T): sample.num_steps must be >= 2")
+        if b.truncation == "fixed" and not 1 <= b.steps < T:
+            raise ConfigError(f"backprop.steps ({b.steps}) must be in [1, {T - 1}] with truncation fixed")
+        if b.truncation == "gaussian" and (b.truncation_std < 0 or not 0 < b.truncation_mean_steps < T):
+            raise ConfigError(f"backprop.truncation_mean_steps ({b.truncation_mean_steps}) must be in (0, {T}) and "
+                              f"truncation_std ({b.truncation_std}) >= 0")
+
+    @classmethod
+    def trained_steps(cls, cfg) -> int:
+        b = cfg.backprop
+        return b.steps if b.truncation == "fixed" else round(b.truncation_mean_steps)
+
+    def final_latents(self, x_T, cond, uncond, noise, gen):
+        ctx, b = self.ctx, self.ctx.cfg.backprop
+        T = len(ctx.sampler)
+        first = alignprop_first_step(gen, T, b.truncation, b.truncation_mean_steps, b.truncation_std, b.steps)
+        x, kl_terms, calls = sample_with_grad(ctx, x_T, cond, uncond, noise, first, checkpointed=b.checkpointing,
+                                              kl=ctx.cfg.train.kl_coef > 0)
+        return x, kl_terms, calls, 1
+
+
+def refl_window(cfg) -> tuple[int, int]:
+    """ReFL's [first, last] grad-step window; None defaults to [3T/4, T - 1] ([30, 39] for T = 40)."""
+    b, T = cfg.backprop, cfg.sample.num_steps
+    first = b.refl_first_step if b.refl_first_step is not None else (3 * T) // 4
+    return first, b.refl_last_step if b.refl_last_step is not None else T - 1
+
+
+class ReFL(RewardBackprop):
+    key = "refl"
+
+    @classmethod
+    def validate(cls, cfg) -> None:
+        super().validate(cfg)
+        first, last = refl_window(cfg)
+        if not 0 <= first <= last < cfg.sample.num_steps:
+            raise ConfigError(f"the ReFL window backprop.refl_first_step..refl_last_step ({first}..{last}) must lie "
+                              f"in [0, sample.num_steps - 1 = {cfg.sample.num_steps - 1}]")
+
+    @classmethod
+    def trained_steps(cls, cfg) -> int:
+        return 1
+
+    def final_latents(self, x_T, cond, uncond, noise, gen):
+        ctx = self.ctx
+        first, last = refl_window(ctx.cfg)
+        m = int(torch.randint(first, last + 1, (), generator=gen))
+        x0_hat, kl_terms, calls = sample_with_grad(ctx, x_T, cond, uncond, noise, m, stop_at=m,
+                                                   checkpointed=ctx.cfg.backprop.checkpointing,
+                                                   kl=ctx.cfg.train.kl_coef > 0)
+        return x0_hat, kl_terms, calls, 1
