@@ -168,7 +168,8 @@ class RewardBackprop(Algorithm):
             latents, kl_terms, calls, copies = self.final_latents(noise(), cond, uncond, noise, gen)
             images = ctx.policy.decode(latents)
             out = ctx.reward(images.to(ctx.reward.device), prompts * copies, metadata * copies)
-            r = check_output(ctx.reward.name, out, len(images)).float()
+            r = check_output(ctx.reward.name, out, len(images))
+            r = r if r.dtype == torch.float64 else r.float()
             loss = reward_loss(r, self.loss, self.target, self.scale)
             if kl_terms:
                 kl = torch.stack(kl_terms).mean()
