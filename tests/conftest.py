@@ -139,3 +139,18 @@ def epoch_gradient():
         return grads[0], metrics
 
     return run
+
+
+@pytest.fixture(scope="session")
+def saturation_reward(tmp_path_factory):
+    """A differentiable `learned` reward fitted to a taste for saturated colour (the pairs of
+    test_reward_training): the reward-backprop learning test optimises it."""
+    from test_reward_training import _saturation_pairs
+
+    from ddrl.rewards.learned import train_reward_model
+    from ddrl.worlds.shapes import split
+
+    folder = tmp_path_factory.mktemp("saturation-reward")
+    pairs = _saturation_pairs(folder, split("train")[:40], 5, seed=0)
+    train_reward_model(pairs, folder / "rm", epochs=4, progress=False)
+    return f"learned(path={folder / 'rm'})"

@@ -44,20 +44,34 @@ def test_preprocess_equals_the_clip_image_processor_without_resizing(tiny_clip_f
     torch.testing.assert_close(Preprocess(proc)(images), torch.from_numpy(np.stack(ref)), atol=1e-5, rtol=0)
 
 
-def test_preprocess_resizes_and_crops_like_the_processor(tiny_clip_folder):
-    """Resizing differs only by the resampling kernels (torch's antialiased bicubic vs PIL's), so
-    the shapes match exactly and the values agree to a small fraction of the normalised range."""
+def _smooth_8bit(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """Natural-image-like (blurred) 8-bit images as floats."""
+    x = torch.nn.functional.avg_pool2d(torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(seed)), 5, 1, 2)
+    return (x * 255).round() / 255
+
+
+@pytest.mark.parametrize("h,w", [(48, 64), (20, 20), (96, 96)])
+def test_the_tensor_path_scores_8bit_images_as_the_pil_processor_does(tiny_clip_folder, h, w):
+    """The reward's preprocessing runs in torch so gradients reach the images; on 8-bit images it
+    gives the CLIP processor's (PIL) pixels: the same 8-bit value for all but rare rounding ties
+    (one level where a resampling pass lands on a half), so the scores agree within 1e-3. Sizes:
+    a downscale with a centre crop (48 x 64 -> 32 x 42 -> 32 x 32), an upscale, a plain downscale."""
     from transformers import CLIPImageProcessor
 
     proc = CLIPImageProcessor.from_pretrained(tiny_clip_folder)
-    smooth = torch.nn.functional.avg_pool2d(_images(2, size=48), 3, 1, 1)  # natural-image-like, not noise
-    smooth = (smooth * 255).round() / 255
-    wide = torch.cat([smooth, smooth[..., :16]], -1)  # 48 x 64: resize to 32 x 42, crop 32 x 32
+    images = _smooth_8bit(3, h, w)
     ref = torch.from_numpy(np.stack(proc([(im.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-                                          for im in wide], return_tensors="np")["pixel_values"]))
-    ours = Preprocess(proc)(wide)
-    assert ours.shape == ref.shape == (2, 3, 32, 32)
-    assert (ours - ref).abs().mean() < 0.02  # values span about [-1.8, 2.1]
+                                          for im in images], return_tensors="np")["pixel_values"]))
+    ours = Preprocess(proc)(images)
+    levels = ((ours - ref) * torch.tensor(proc.image_std).view(1, 3, 1, 1) * 255).abs()  # in 8-bit levels
+    assert ours.shape == ref.shape == (3, 3, 32, 32)
+    assert float((levels > 0.5).float().mean()) < 0.01 and float(levels.max()) < 2.5
+    reward = get_reward(f"hpsv2(model={tiny_clip_folder}, processor={tiny_clip_folder})")
+    x = images.clone().requires_grad_(True)
+    scores = reward(x, PROMPTS, [{}] * 3).scores
+    torch.testing.assert_close(scores.detach(), _hand_cosine(tiny_clip_folder, images, PROMPTS)[0], atol=1e-3, rtol=0)
+    scores.sum().backward()  # and the quantisation passes the gradient straight through
+    assert x.grad.abs().sum() > 0
 
 
 def test_clipscore_is_2_5_times_the_clamped_cosine(tiny_clip_folder):
