@@ -112,6 +112,31 @@ _DPO_PAPER = {"train.algorithm": "dpo", "data.pairs": "yuvalkirstain/pickapic_v2
               "sample.eta": 0.0, "sample.guidance_scale": 7.5, "eval.images_per_prompt": 1,
               "eval.train_images_per_prompt": 0}
 
+# Reward backpropagation on shapes-sd (docs/reward-backprop.md) against the Bradley-Terry reward
+# that `ddrl reward-train pairs/train.jsonl --out reward-model` fits to `ddrl reward-pairs --out
+# pairs` (set reward.name to learned(path=...) elsewhere): 10 DDIM steps, 32 samples per epoch in
+# minibatches of 16, LoRA r4 at lr 1e-3, and KL 0.1 to the base model, which held the true
+# preference and the verifier where the unregularised run hacked the proxy within 20 epochs.
+_SHAPES_BACKPROP = _SHAPES_COMMON | {
+    "train.algorithm": "draft", "reward.name": "learned(path=reward-model)", "sample.num_steps": 10,
+    "sample.batch_size": 16, "sample.num_batches_per_epoch": 2, "train.batch_size": 16, "model.lora_rank": 4,
+    "model.lora_alpha": 4.0, "train.learning_rate": 1e-3, "train.kl_coef": 0.1, "run.epochs": 30,
+    "reward.asynchronous": False, "eval.images_per_prompt": 4, "eval.train_images_per_prompt": 0}
+
+# ReFL (THUDM/ImageReward scripts/train_refl.sh, ReFL.py) on Stable Diffusion 1.4: full fine-tuning,
+# 40 DDPM steps (DDIM eta 1) without guidance, one step with gradients at m in [30, 39], ImageReward
+# through ReLU(2 - r) x 1e-3, lr 1e-5 constant, weight decay 1e-2, 2 images x 4 accumulation
+# steps per process on 8 GPUs, 100 optimizer steps, EMA 0.9999, fp16. The paper trained on the
+# prompts of its refl_data.json (prompts.source file:PATH). Not run in ddrl's tests.
+# AlignProp (mihirp1998/AlignProp aesthetic.sh, config/alignprop_config.py) on SD 1.5: LoRA r4,
+# 50 DDIM steps at eta 1 and guidance 5, gaussian truncation (about the last 8 steps), the
+# aesthetic predictor through |r - 10| x 0.01, lr 1e-3, weight decay 1e-4, 8 images x 4
+# accumulation steps per process on 4 GPUs (128 per optimizer step), 20 optimizer steps. Not run
+# in ddrl's tests.
+_SD_BACKPROP = {"prompts.source": "animals", "prompts.eval_source": "animals", "sample.sampler": "ddim",
+                "sample.eta": 1.0, "run.mixed_precision": "fp16", "reward.asynchronous": False,
+                "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 0, "train.max_grad_norm": 1.0}
+
 PRESETS: dict[str, Preset] = {
     "shapes-quick": Preset(
         "Pref-GRPO on shapes-flow with the verifier reward, sized for 5 minutes on a 2-core CPU", _QUICK),
@@ -192,6 +217,30 @@ PRESETS: dict[str, Preset] = {
         "on 16 GPUs; GPU, untested here)",
         _DPO_PAPER | {"model.name": "stabilityai/stable-diffusion-xl-base-1.0", "train.optimizer": "adafactor",
                       "train.lr_warmup_steps": 200, "data.resolution": 1024, "sample.guidance_scale": 5.0}),
+    "shapes-draft": Preset(
+        "DRaFT-1 on shapes-sd against a learned preference reward (`ddrl reward-train ... --out reward-model`)",
+        _SHAPES_BACKPROP),
+    "shapes-alignprop": Preset(
+        "AlignProp (randomly truncated backprop, about the last 8 steps) on shapes-sd against a learned reward",
+        _SHAPES_BACKPROP | {"train.algorithm": "alignprop"}),
+    "shapes-refl": Preset(
+        "ReFL (one step with gradients, its data prediction scored) on shapes-sd against a learned reward",
+        _SHAPES_BACKPROP | {"train.algorithm": "refl", "backprop.loss": "neg", "backprop.scale": 1.0}),
+    "sd14-refl": Preset(
+        "ReFL's Stable Diffusion 1.4 run with ImageReward (full fine-tuning, 8 GPUs; GPU, untested here)",
+        _SD_BACKPROP | {"model.name": "CompVis/stable-diffusion-v1-4", "train.algorithm": "refl", "model.lora": False,
+                        "reward.name": "imagereward", "sample.num_steps": 40, "sample.guidance_scale": 1.0,
+                        "sample.batch_size": 2, "sample.num_batches_per_epoch": 4, "train.batch_size": 2,
+                        "train.gradient_accumulation_steps": 4, "train.learning_rate": 1e-5,
+                        "train.weight_decay": 1e-2, "train.ema_decay": 0.9999, "run.epochs": 100}),
+    "sd15-alignprop": Preset(
+        "AlignProp's aesthetic run on Stable Diffusion 1.5 (LoRA, 128 samples per step on 4 GPUs; GPU, untested here)",
+        _SD_BACKPROP | {"model.name": "runwayml/stable-diffusion-v1-5", "train.algorithm": "alignprop",
+                        "reward.name": "aesthetic", "backprop.loss": "abs", "backprop.target": 10.0,
+                        "backprop.scale": 0.01, "sample.num_steps": 50, "sample.guidance_scale": 5.0,
+                        "sample.batch_size": 8, "sample.num_batches_per_epoch": 4, "train.batch_size": 8,
+                        "train.gradient_accumulation_steps": 4, "train.learning_rate": 1e-3,
+                        "train.weight_decay": 1e-4, "model.lora_rank": 4, "model.lora_alpha": 4.0, "run.epochs": 20}),
 }
 
 DEFAULT_PRESET = "shapes-quick"
