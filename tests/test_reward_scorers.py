@@ -251,3 +251,20 @@ def test_default_hub_weights_fail_fast_and_clearly_offline():
                        ("vlm-judge", "processor 'Qwen/Qwen2.5-VL-3B-Instruct'")]:
         with pytest.raises(RewardError, match=f"reward '{spec}': cannot load {what}.*local folder"):
             get_reward(spec)
+
+
+def test_the_float_path_gradient_matches_finite_differences(tiny_clip_folder):
+    """With quantize=false (the float resize of ReFL's and AlignProp's code) the preprocessing is
+    smooth, so autograd's directional derivative grad r . v equals the central difference
+    (r(x + h v) - r(x - h v)) / 2h, through the resize, crop and normalisation (ALGORITHMS.md
+    section 6's check). Images stay inside (0, 1), away from the clamp."""
+    reward = get_reward(f"hpsv2(model={tiny_clip_folder}, processor={tiny_clip_folder}, quantize=false)")
+    g = torch.Generator().manual_seed(0)
+    x = (0.2 + 0.6 * _smooth_8bit(2, 48, 64)).requires_grad_(True)
+    v = torch.randn(x.shape, generator=g)
+    reward(x, PROMPTS[:2], [{}, {}]).scores.sum().backward()
+    h = 1e-3
+    with torch.no_grad():
+        fd = (reward(x + h * v, PROMPTS[:2], [{}, {}]).scores.sum() - reward(x - h * v, PROMPTS[:2], [{}, {}]).scores.sum()) / (2 * h)
+    analytic = (x.grad * v).sum()
+    assert abs(float(fd - analytic)) < 1e-3 * abs(float(analytic)) + 1e-5, (float(fd), float(analytic))

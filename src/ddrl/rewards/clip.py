@@ -24,7 +24,8 @@ class ClipBackbone:
     """A CLIP model with its tokenizer and preprocessing, from a folder or hub id. `processor`
     names where the tokenizer and image processor live when the model repo has none."""
 
-    def __init__(self, reward: str, model: str, processor: str | None = None, device: str | None = None):
+    def __init__(self, reward: str, model: str, processor: str | None = None, device: str | None = None,
+                 quantize: bool = True):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         self.device = default_device(device)
@@ -33,7 +34,7 @@ class ClipBackbone:
         proc = processor or model
         self.tokenizer = load(reward, f"tokenizer {proc!r}", lambda: AutoTokenizer.from_pretrained(proc))
         self.preprocess = Preprocess(load(reward, f"image processor {proc!r}",
-                                          lambda: CLIPImageProcessor.from_pretrained(proc)))
+                                          lambda: CLIPImageProcessor.from_pretrained(proc)), quantize)
         self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
 
     def image_embeds(self, images: Tensor) -> Tensor:
@@ -73,24 +74,26 @@ class ClipSimilarityReward:
 
 
 def clipscore(model: str = "openai/clip-vit-base-patch32", processor: str | None = None,
-              device: str | None = None, batch_size: int = 32, w: float = 2.5) -> ClipSimilarityReward:
-    return ClipSimilarityReward("clipscore", ClipBackbone("clipscore", model, processor, device),
+              device: str | None = None, batch_size: int = 32, w: float = 2.5, quantize: bool = True
+              ) -> ClipSimilarityReward:
+    """`quantize`: see ddrl.rewards.hf.Preprocess (false: the float resize of ReFL's and AlignProp's code)."""
+    return ClipSimilarityReward("clipscore", ClipBackbone("clipscore", model, processor, device, quantize),
                                 scale=w, clamp_at_zero=True, batch_size=batch_size)
 
 
 def pickscore(model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-              device: str | None = None, batch_size: int = 32) -> ClipSimilarityReward:
-    backbone = ClipBackbone("pickscore", model, processor, device)
+              device: str | None = None, batch_size: int = 32, quantize: bool = True) -> ClipSimilarityReward:
+    backbone = ClipBackbone("pickscore", model, processor, device, quantize)
     return ClipSimilarityReward("pickscore", backbone, scale=float(backbone.model.logit_scale.exp()),
                                 clamp_at_zero=False, batch_size=batch_size)
 
 
 def hpsv2(model: str | None = None, processor: str | None = None, device: str | None = None,
-          batch_size: int = 32) -> ClipSimilarityReward:
+          batch_size: int = 32, quantize: bool = True) -> ClipSimilarityReward:
     """`model`: the folder `ddrl convert-open-clip` writes from HPS's open_clip checkpoint (with
     the CLIP-H tokenizer and processor copied in; else name them with `processor`)."""
     if model is None:
         raise RewardError("reward 'hpsv2' needs model=PATH: a transformers CLIP folder holding the HPS v2/v2.1 "
                           "weights; make one with `ddrl convert-open-clip HPS_v2.1_compressed.pt --out DIR`")
-    return ClipSimilarityReward("hpsv2", ClipBackbone("hpsv2", model, processor, device),
+    return ClipSimilarityReward("hpsv2", ClipBackbone("hpsv2", model, processor, device, quantize),
                                 scale=1.0, clamp_at_zero=False, batch_size=batch_size)

@@ -29,7 +29,7 @@ class ImageRewardStyle:
     differentiable = True
 
     def __init__(self, model: str, head: str, device: str | None = None, batch_size: int = 16,
-                 mean: float = REWARD_MEAN, std: float = REWARD_STD, max_length: int = 35):
+                 mean: float = REWARD_MEAN, std: float = REWARD_STD, max_length: int = 35, quantize: bool = True):
         from transformers import AutoTokenizer, BlipForImageTextRetrieval, BlipImageProcessor
 
         self.device, self.batch_size, self.mean, self.std = default_device(device), batch_size, mean, std
@@ -37,7 +37,7 @@ class ImageRewardStyle:
         self.blip.to(self.device).eval().requires_grad_(False)
         self.tokenizer = load(self.name, f"tokenizer {model!r}", lambda: AutoTokenizer.from_pretrained(model))
         self.preprocess = Preprocess(load(self.name, f"image processor {model!r}",
-                                          lambda: BlipImageProcessor.from_pretrained(model)))
+                                          lambda: BlipImageProcessor.from_pretrained(model)), quantize)
         self.head = load_head(self.name, head, AestheticMLP(self.blip.config.text_config.hidden_size))
         self.head.to(self.device).eval().requires_grad_(False)
         self.max_length = max_length  # ImageReward pads prompts to 35 tokens
@@ -61,8 +61,8 @@ class ImageRewardStyle:
 
 
 def imagereward(model: str | None = None, head: str | None = None, device: str | None = None,
-                batch_size: int = 16) -> ImageRewardStyle:
+                batch_size: int = 16, quantize: bool = True) -> ImageRewardStyle:
     if model is None or head is None:
         raise RewardError("reward 'imagereward' needs model=PATH (a transformers BLIP folder) and head=FILE "
                           "(the MLP weights as safetensors or .pth)")
-    return ImageRewardStyle(model, head, device, batch_size)
+    return ImageRewardStyle(model, head, device, batch_size, quantize=quantize)
