@@ -61,8 +61,14 @@ def test_every_number_of_the_config_is_finite_and_in_range(key, value, message):
 
 
 def test_every_numeric_config_key_has_a_stated_range_and_yaml_nan_is_caught(tmp_path):
-    numeric = [k for k, v in flatten(Config().to_dict()).items() if not isinstance(v, (str, bool))
-               and k != "sample.guidance_scale"]
+    import typing
+
+    from ddrl.config import _sections
+
+    numeric = [f"{name}.{f}" for name, section in _sections().items()
+               for f, hint in typing.get_type_hints(section).items()
+               if any(a in (int, float) for a in typing.get_args(hint) or (hint,))
+               and f"{name}.{f}" != "sample.guidance_scale"]
     assert sorted(numeric) == sorted(RANGES)  # None-valued optional numbers included
     (tmp_path / "c.yaml").write_text("train:\n  learning_rate: .nan\nsample:\n  guidance_scale: .inf\n")
     with pytest.raises(ConfigError, match="must be a finite number"):

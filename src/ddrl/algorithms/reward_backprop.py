@@ -185,7 +185,7 @@ class RewardBackprop(Algorithm):
         g = ctx.gather(torch.cat(rewards))
         return mean_stats(stats) | {
             "reward/mean": float(g.mean()), "reward/std": float(g.std(unbiased=False)),
-            f"reward/{cfg.reward.name}/mean": float(g.mean()),
+            f"reward/{cfg.reward.name}/mean": float(g.mean()), f"reward/{cfg.reward.name}/std": float(g.std(unbiased=False)),
             "train/reward_queries": float(queries * ctx.num_processes)}
 
     def pretrain_step(self, cond: Cond, uncond: Cond, gens: list[torch.Generator]) -> float:

@@ -40,7 +40,7 @@ from ..sampling import DDIMSampler, FlowSampler, rollout
 from .checkpoint import list_checkpoints
 from .evaluation import evaluate_once, write_grid
 from .finite import NonFiniteError, first_nonfinite, nonfinite_error
-from .metrics import MetricsLog
+from .metrics import MetricsLog, reward_metrics
 from .optim import average_gradients, make_optimizer, set_warmup_lr
 from .report import finish_run
 from .resume import run_config_text
@@ -285,7 +285,7 @@ class Trainer:
         t2 = time.perf_counter()
         # every process sees all rewards in global order, so signals and buffers agree everywhere
         g_rewards, g_pids = self.gather(rewards), self.gather(ro.prompt_ids)
-        metrics = self._reward_metrics(g_rewards, g_pids, results)
+        metrics = reward_metrics(self.accelerator, self.reward, self.cfg.reward.name, g_rewards, g_pids, results)
         batch = EpochRewards(g_rewards, g_pids, [self.train_prompts[i] for i in g_pids],
                              torch.arange(len(g_rewards)) // cfg.sample.images_per_prompt)
         per_sample = self.algorithm.signal(batch, metrics)[ro.global_idx]  # this process's samples
@@ -305,27 +305,6 @@ class Trainer:
             raise self._nonfinite(f"loss ({metrics['train/loss']})", skippable=True)
         if self.cfg.train.nonfinite == "skip":
             metrics["train/skipped_steps"] = self.skipped_steps
-
-    def _reward_metrics(self, rewards: Tensor, pids: Tensor, results) -> dict[str, float]:
-        name = self.cfg.reward.name
-        m = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
-             f"reward/{name}/mean": float(rewards.mean()), f"reward/{name}/std": float(rewards.std(unbiased=False))}
-        # the verifier's binary verdict (alone, or as a weighted-sum component), this process's share
-        key = next((k for k in results[0][1] if k == "correct" or k.endswith("/correct")), None)
-        if key is not None and all(key in r[1] for r in results):
-            correct = torch.tensor([float(c) for r in results for c in r[1][key]])
-            m["reward/accuracy"] = float(self.accelerator.gather(correct.to(self.accelerator.device)).mean())
-        for c in getattr(self.reward, "components", ()):  # weighted sums and routes log each part
-            vals = [v for r in results for v in r[1][f"component/{c}"] if v is not None]
-            sc = self.accelerator.reduce(torch.tensor([sum(vals), len(vals)], dtype=torch.float64,
-                                                      device=self.accelerator.device), "sum")
-            if sc[1] > 0:
-                m[f"reward/{c}/mean"] = float(sc[0] / sc[1])
-        # spread of rewards within prompts seen more than once this epoch
-        stds = [float(rewards[pids == p].std(unbiased=False)) for p in pids.unique() if (pids == p).sum() > 1]
-        if stds:
-            m["prompts/within_prompt_std"] = sum(stds) / len(stds)
-        return m
 
     # ------------------------------------------------------------------ the run
     def train(self, resume: bool = False) -> dict:
