@@ -20,7 +20,7 @@ from test_reward_remote import _Serving, _shapes_batch
 from test_train import tiny_config
 
 from ddrl.cli import main
-from ddrl.config import Config, ConfigError, apply_overrides, flatten, load_yaml
+from ddrl.config import Config, ConfigError, apply_overrides, load_yaml
 from ddrl.config_checks import RANGES, validate
 from ddrl.prompts import load_prompt_records
 from ddrl.rewards import RewardError, get_reward, score
