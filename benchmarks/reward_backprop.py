@@ -16,8 +16,9 @@ pairwise accuracy), so it can be hacked.
   training prompts; reward queries are the reward calls training made (DRaFT-LV: 2 per sample).
 - hacking: DRaFT-1 for 60 epochs with no regulariser, KL 0.1, KL 1 and the pretraining loss.
   Every 6 epochs, on 28 held-out prompts x 4 seeds: the proxy, the true hidden preference, the
-  verifier's score and a diversity measure (mean pairwise RMS pixel distance between the 4 seeds
-  of a prompt), and a fixed-seed grid.
+  verifier's score, two diversity measures (the entropy of the hue histogram of all saturated
+  pixels, in bits, which falls when every prompt gets the same colours, and the mean pairwise
+  RMS pixel distance between the 4 seeds of a prompt), and a fixed-seed grid.
 """
 
 from __future__ import annotations
@@ -58,6 +59,21 @@ def runs(experiment: str) -> dict[str, dict]:
                 for m, o in METHODS.items() for s in range(3)}
     return {f"hack-{r}": {**BASE, **METHODS["draft-1"], **o, "run.seed": 0, "_epochs": HACKING_EPOCHS, "_kind": "hacking"}
             for r, o in REGULARISERS.items()}
+
+
+def hue_entropy(images, bins: int = 12) -> float:
+    """Entropy (bits) of the hue histogram of the pixels with HSV saturation > 0.3 and value > 0.2."""
+    import torch
+
+    mx, mn = images.max(1).values, images.min(1).values
+    sat = (mx - mn) / mx.clamp(min=1e-6)
+    r, g, b = images.unbind(1)
+    delta = (mx - mn).clamp(min=1e-6)
+    hue = torch.where(mx == r, ((g - b) / delta) % 6, torch.where(mx == g, (b - r) / delta + 2, (r - g) / delta + 4)) / 6
+    keep = (sat > 0.3) & (mx > 0.2)
+    p = torch.histc(hue[keep], bins=bins, min=0, max=1)
+    p = p[p > 0] / p.sum()
+    return float(-(p * p.log2()).sum())
 
 
 # ------------------------------------------------------------------ one run (a subprocess)
@@ -101,7 +117,8 @@ def run_one(name: str, spec: dict) -> None:
         if hacking:
             x = images.reshape(-1, 4, images[0].numel())  # (prompts, 4 seeds, D)
             d = torch.cdist(x, x) / x.shape[-1] ** 0.5  # RMS distance
-            row["diversity"] = float(d.sum((1, 2)).mean() / 12)  # 4 * 3 ordered pairs per prompt
+            row["seed_distance"] = float(d.sum((1, 2)).mean() / 12)  # 4 * 3 ordered pairs per prompt
+            row["hue_entropy"] = hue_entropy(images)
             if epoch % (2 * every) == 0:
                 grid = image_grid(images[:32], prompts[:32], columns=4)  # 8 prompts x 4 seeds
                 DOCS.mkdir(parents=True, exist_ok=True)

@@ -61,10 +61,11 @@ def hacking(out: Path, docs: Path, names) -> tuple[dict, list[str]]:
     import matplotlib.pyplot as plt
 
     res = _load(out, names)
-    keys = ["proxy", "preference", "verifier", "diversity"]
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
+    keys = ["proxy", "preference", "verifier", "hue_entropy", "seed_distance"]
+    fig, axes = plt.subplots(1, 5, figsize=(18, 3.6))
     summary = {}
-    lines = ["| regulariser | epoch | proxy | hidden preference | verifier score | diversity |", "|---|---|---|---|---|---|"]
+    lines = ["| regulariser | epoch | proxy | hidden preference | verifier score | hue entropy (bits) | seed distance |",
+             "|---|---|---|---|---|---|---|"]
     for n, r in res.items():
         reg = n.removeprefix("hack-")
         c = r["curve"]
@@ -75,7 +76,8 @@ def hacking(out: Path, docs: Path, names) -> tuple[dict, list[str]]:
         best = max(c, key=lambda x: x["preference"])
         summary[reg] = {"curve": c, "best_preference_epoch": best["epoch"]}
         for x in (c[0], best, c[-1]):
-            lines.append(f"| {reg} | {x['epoch']} | {x['proxy']:.2f} | {x['preference']:.3f} | {x['verifier']:.3f} | {x['diversity']:.3f} |")
+            lines.append(f"| {reg} | {x['epoch']} | {x['proxy']:.2f} | {x['preference']:.3f} | {x['verifier']:.3f} "
+                         f"| {x['hue_entropy']:.2f} | {x['seed_distance']:.3f} |")
     axes[0].legend()
     fig.suptitle("DRaFT-1 on the learned proxy: 28 held-out prompts x 4 seeds")
     fig.tight_layout()
