@@ -95,6 +95,22 @@ def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tm
     _assert_same_update(rows1, w1, rows2, w2)
 
 
+def test_draft_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tmp_path, saturation_reward):
+    """Reward backpropagation samples inside its update: each process samples and backpropagates
+    its slice of every global minibatch, and the truncation is drawn per global minibatch."""
+    common = {"train.algorithm": "draft", "reward.name": saturation_reward, "backprop.steps": 2,
+              "sample.batch-size": 4}
+    runs = {}
+    for procs, sizes in ((1, {"sample.num-batches-per-epoch": 2, "train.batch-size": 4}), (2, {"train.batch-size": 2})):
+        run = tmp_path / f"p{procs}"
+        out = _launch(_train_args(tiny_sd_folder, run, **common | sizes), procs)
+        assert out.returncode == 0, out.stderr[-3000:]
+        runs[procs] = _result(run)
+    (rows1, w1), (rows2, w2) = runs[1], runs[2]
+    assert abs(rows1[0]["reward/mean"] - rows2[0]["reward/mean"]) < 1e-5 * abs(rows1[0]["reward/mean"])
+    _assert_same_update(rows1, w1, rows2, w2)
+
+
 @pytest.mark.slow
 def test_an_undecodable_image_stops_every_process_with_its_line(tiny_sd_folder, tmp_path):
     """The main process caches the latents while the others wait: its error must reach them too,
