@@ -46,6 +46,11 @@ def one(k: int, checkpointing: bool, reward: str) -> dict:
         sample_with_grad(ctx, x, ctx.cond_table[torch.zeros(16, dtype=torch.long)], ctx.uncond.repeat(16),
                          lambda: torch.randn_like(x), len(ctx.sampler), checkpointed=False)
         tr.policy.decode(x)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
+    t0 = time.perf_counter()
+    tr.run_epoch(0, ThreadPoolExecutor(1))
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # what autograd keeps for the backward pass: the distinct tensors saved by the chain's forward
     saved: dict[int, int] = {}
 
@@ -57,11 +62,6 @@ def one(k: int, checkpointing: bool, reward: str) -> dict:
         sample_with_grad(ctx, x, ctx.cond_table[torch.zeros(16, dtype=torch.long)], ctx.uncond.repeat(16),
                          lambda: torch.randn_like(x), len(ctx.sampler) - k, checkpointed=checkpointing)
     held = sum(saved.values()) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
-    t0 = time.perf_counter()
-    tr.run_epoch(0, ThreadPoolExecutor(1))
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"K": k, "checkpointing": checkpointing, "held_by_autograd_mib": held, "baseline_mib": base, "peak_mib": peak,
             "added_mib": peak - base, "seconds": seconds}
 
