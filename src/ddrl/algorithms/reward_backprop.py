@@ -81,6 +81,11 @@ def sample_with_grad(ctx: Context, x_T: Tensor, cond: Cond, uncond: Cond, noise:
     return x, kl_terms, calls
 
 
+def noise_of(gens: list[torch.Generator], shape: tuple[int, ...], device) -> Callable[[], Tensor]:
+    """A function drawing one (len(gens), *shape) noise batch, a row from each sample's generator."""
+    return lambda: torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+
+
 def alignprop_first_step(gen: torch.Generator, T: int, truncation: str, mean_steps: float, std: float,
                          steps: int) -> int:
     """AlignProp's truncation point b (sd_pipeline.py): gaussian int(N(T - mean_steps, std)),
@@ -125,7 +130,7 @@ class RewardBackprop(Algorithm):
     @classmethod
     def loss_settings(cls, cfg) -> tuple[str, float | None, float]:
         b, (loss, target, scale) = cfg.backprop, DEFAULTS[cls.key]
-        return (b.loss or loss, b.target if b.target is not None else target, b.scale if b.scale is not None else scale)
+        return (b.loss or loss, target if b.target is None else b.target, scale if b.scale is None else b.scale)
 
     @classmethod
     def uses_rollouts(cls, cfg) -> bool:
@@ -153,16 +158,13 @@ class RewardBackprop(Algorithm):
         rewards, queries = [], 0
         for mb, start in enumerate(range(0, len(gidx), bs)):
             sl = slice(start, start + bs)
-            gens = [ctx.generator(epoch, int(i), purpose="noise") for i in gidx[sl]]
-
-            def noise(gens=gens):
-                return torch.stack([torch.randn(ctx.policy.latent_shape, generator=g) for g in gens]).to(device)
-
-            cond, uncond = ctx.cond_table[pids[sl]], ctx.uncond.repeat(len(gens))
+            noise = noise_of([ctx.generator(epoch, int(i), purpose="noise") for i in gidx[sl]],
+                             ctx.policy.latent_shape, device)
+            cond, uncond = ctx.cond_table[pids[sl]], ctx.uncond.repeat(len(gidx[sl]))
             prompts, metadata = ctx.prompts_of(pids[sl])
-            if self.fp is not None and mb % ga == 0:
-                pre_gens = [ctx.generator(epoch, int(i), purpose="pretrain") for i in gidx[sl]]  # leaves the sampling noise alone
-                stats["train/pretrain_loss"].append(self.pretrain_step(cond, uncond, pre_gens))
+            if self.fp is not None and mb % ga == 0:  # its own draws: the sampling noise stays the same
+                gens = [ctx.generator(epoch, int(i), purpose="pretrain") for i in gidx[sl]]
+                stats["train/pretrain_loss"].append(self.pretrain_step(cond, uncond, gens))
             # one draw per global minibatch, so every process truncates its slice alike
             gen = ctx.generator(epoch, int(gidx[start]) // (bs * ctx.num_processes), purpose="truncation")
             latents, kl_terms, calls, copies = self.final_latents(noise(), cond, uncond, noise, gen)
@@ -183,17 +185,16 @@ class RewardBackprop(Algorithm):
             if (mb + 1) % ga == 0:
                 stats["train/grad_norm"].append(ctx.optimizer_step())
         g = ctx.gather(torch.cat(rewards))
-        return mean_stats(stats) | {
-            "reward/mean": float(g.mean()), "reward/std": float(g.std(unbiased=False)),
-            f"reward/{cfg.reward.name}/mean": float(g.mean()), f"reward/{cfg.reward.name}/std": float(g.std(unbiased=False)),
-            "train/reward_queries": float(queries * ctx.num_processes)}
+        mean, std = float(g.mean()), float(g.std(unbiased=False))
+        return mean_stats(stats) | {"reward/mean": mean, "reward/std": std, f"reward/{cfg.reward.name}/mean": mean,
+                                    f"reward/{cfg.reward.name}/std": std,
+                                    "train/reward_queries": float(queries * ctx.num_processes)}
 
     def pretrain_step(self, cond: Cond, uncond: Cond, gens: list[torch.Generator]) -> float:
         """One optimizer step on the denoising loss of the base model's samples for these prompts."""
         ctx = self.ctx
+        noise = noise_of(gens, ctx.policy.latent_shape, ctx.policy.device)
         with torch.no_grad(), ctx.reference():
-            def noise():
-                return torch.stack([torch.randn(ctx.policy.latent_shape, generator=g) for g in gens]).to(ctx.policy.device)
             x0, _, _ = sample_with_grad(ctx, noise(), cond, uncond, noise, len(ctx.sampler), checkpointed=False)
         level, eps = self.fp.draw(tuple(x0.shape[1:]), gens)
         x_t, target = self.fp.noised(x0, level, eps.to(x0.device))
