@@ -134,6 +134,23 @@ def test_draft_k_gradient_is_autograd_through_the_unrolled_last_k_ddim_steps(K):
     _assert_same(grads[0], _reference_grad(policy, -r.mean()))
 
 
+def test_draft_k_through_the_flow_ode_is_autograd_through_unrolled_euler_steps():
+    """The same on a velocity model with the flow-ode sampler: x_{j+1} = x_j + (sigma_{j+1} -
+    sigma_j) v(x_j, sigma_j), gradients through the last K = 2 steps."""
+    K = 2
+    ctx, policy, grads = _ctx("draft", "velocity", **{"backprop.steps": K, "sample.sampler": "flow-ode"})
+    DRaFT(ctx).train_epoch(0)
+    gens = [_gen(0, i, purpose="noise") for i in range(B)]
+    cond, uncond = ctx.cond_table[torch.tensor([0, 1, 2, 0])], ctx.uncond.repeat(B)
+    sigmas = ctx.sampler.sigmas
+    x = _noise(gens).double()
+    for j in range(T):
+        with torch.set_grad_enabled(j >= T - K):
+            x = x + (sigmas[j + 1] - sigmas[j]) * _guided(policy, x, sigmas[j].expand(B), cond, uncond)
+    r = ToyReward()(policy.decode(x), [], []).scores
+    _assert_same(grads[0], _reference_grad(policy, -r.mean()))
+
+
 def test_draft_lv_averages_the_last_step_over_noised_copies_of_x0():
     """DRaFT-LV (K = 1): x_0 from the chain without gradients; n copies x^i = sqrt(ab) x_0 +
     sqrt(1 - ab) eps_i at the last step's level; loss -(1/n) sum_i r(x0_hat(x^i))."""
