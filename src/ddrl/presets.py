@@ -115,14 +115,15 @@ _DPO_PAPER = {"train.algorithm": "dpo", "data.pairs": "yuvalkirstain/pickapic_v2
 # Reward backpropagation on shapes-sd (docs/reward-backprop.md) against the Bradley-Terry reward
 # that `ddrl reward-train pairs/train.jsonl --out reward-model` fits to `ddrl reward-pairs --out
 # pairs` (set reward.name to learned(path=...) elsewhere): 10 DDIM steps, 32 samples per epoch in
-# minibatches of 16, LoRA r4 at lr 1e-3, and KL 1 to the base model: in the reward-hacking runs
-# (docs/reward-backprop.md) it raised the true hidden preference and kept the verifier's score,
-# where without it the proxy was hacked within 20 epochs (blue backgrounds, magenta blobs) and
-# KL 0.1 only slowed the hack.
+# minibatches of 16, LoRA r4 at lr 1e-3, KL 0.1 to the base model and 12 epochs. In the
+# reward-hacking runs (docs/reward-backprop.md) the proxy then rose from 0.56 to 2.1 while the true
+# hidden preference and the verifier stayed within noise of the base; without the KL the proxy
+# was hacked from about epoch 12 (blue backgrounds, magenta blobs), and KL 1 held the model so
+# close to the base that its images barely changed.
 _SHAPES_BACKPROP = _SHAPES_COMMON | {
     "train.algorithm": "draft", "reward.name": "learned(path=reward-model)", "sample.num_steps": 10,
     "sample.batch_size": 16, "sample.num_batches_per_epoch": 2, "train.batch_size": 16, "model.lora_rank": 4,
-    "model.lora_alpha": 4.0, "train.learning_rate": 1e-3, "train.kl_coef": 1.0, "run.epochs": 30,
+    "model.lora_alpha": 4.0, "train.learning_rate": 1e-3, "train.kl_coef": 0.1, "run.epochs": 12,
     "reward.asynchronous": False, "eval.images_per_prompt": 4, "eval.train_images_per_prompt": 0}
 
 # ReFL (THUDM/ImageReward scripts/train_refl.sh, ReFL.py) on Stable Diffusion 1.4: full fine-tuning,
