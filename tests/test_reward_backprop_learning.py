@@ -3,6 +3,7 @@ short run, and checkpointing leaves the gradient of the real UNet with LoRA unch
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -67,7 +68,7 @@ def test_checkpointing_leaves_the_lora_gradient_of_the_real_unet_unchanged(tmp_p
             captured.append({n: p.grad.clone() for n, p in tr.policy.denoiser.named_parameters() if p.grad is not None})
             return 0.0
 
-        tr.algorithm.ctx = tr.algorithm.ctx.__class__(**{**tr.algorithm.ctx.__dict__, "optimizer_step": capture})
+        tr.algorithm.ctx = dataclasses.replace(tr.algorithm.ctx, optimizer_step=capture)
         tr.algorithm.train_epoch(0)
         grads.append(captured[0])
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 0
