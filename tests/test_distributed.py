@@ -95,6 +95,7 @@ def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tm
     _assert_same_update(rows1, w1, rows2, w2)
 
 
+@pytest.mark.slow  # about 30 s; the suite keeps to its time budget
 def test_draft_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tmp_path, saturation_reward):
     """Reward backpropagation samples inside its update: each process samples and backpropagates
     its slice of every global minibatch, and the truncation is drawn per global minibatch."""

@@ -257,7 +257,7 @@ def test_ddim_data_prediction_is_diffusers_pred_original_sample():
 def test_reward_losses_and_their_gradients():
     r = torch.tensor([1.0, 2.5, -0.5], requires_grad=True)
     loss = reward_loss(r, "relu", 2.0, 1e-3)  # ReFL: mean ReLU(2 - r) * 1e-3
-    assert float(loss) == pytest.approx((1.0 + 0.0 + 2.5) / 3 * 1e-3)
+    assert float(loss.detach()) == pytest.approx((1.0 + 0.0 + 2.5) / 3 * 1e-3)
     (g,) = torch.autograd.grad(loss, r)
     torch.testing.assert_close(g, torch.tensor([-1.0, 0.0, -1.0]) * 1e-3 / 3)  # none above the target
     (g,) = torch.autograd.grad(reward_loss(r, "abs", 10.0, 0.01), r)
