@@ -24,7 +24,7 @@ NFTLoss = Literal["x0-adaptive", "velocity"]
 NFTDecay = Literal["none", "ramp", "delayed"]
 NonFinite = Literal["stop", "skip"]
 TiedGroups = Literal["drop", "arbitrary"]
-OptimizerKind = Literal["adamw", "adafactor"]
+OptimizerKind = Literal["adamw", "adamw8bit", "adafactor"]
 RewardLoss = Literal["neg", "relu", "abs"]
 Truncation = Literal["gaussian", "uniform", "fixed"]
 
@@ -32,8 +32,8 @@ Truncation = Literal["gaussian", "uniform", "fixed"]
 RENAMED = {"train.cfg": "train.rescore_with_guidance"}
 # keys added since earlier releases (a section name covers all its keys): a run's config.yaml
 # without them resumes with their defaults, which behave as the release it was started with
-ADDED = ("data", "backprop", "train.optimizer", "train.lr_warmup_steps", "train.dpo_beta", "train.dpo_ref_update_steps",
-         "train.dpo_tied_groups")
+ADDED = ("data", "backprop", "model.gradient_checkpointing", "train.optimizer", "train.lr_warmup_steps",
+         "train.dpo_beta", "train.dpo_ref_update_steps", "train.dpo_tied_groups", "run.report_to")
 
 
 class ConfigError(ValueError):
@@ -49,6 +49,9 @@ class ModelConfig:
     lora_rank: int = 4
     lora_alpha: float = 4.0
     """LoRA scale is lora_alpha / lora_rank"""
+    gradient_checkpointing: bool = False
+    """recompute the denoiser's blocks in the backward pass instead of keeping their activations
+    (diffusers' enable_gradient_checkpointing): less memory per sample, about a third more compute"""
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,9 @@ class TrainConfig:
     adv_clip_max: float = 5.0
     max_grad_norm: float = 1.0
     optimizer: OptimizerKind = "adamw"
-    """adamw, or adafactor (transformers' Adafactor at a fixed learning rate, as Diffusion-DPO's SDXL run)"""
+    """adamw; adamw8bit (bitsandbytes' 8-bit AdamW: the optimizer state in a quarter of the memory,
+    `pip install ddrl[scale]`); or adafactor (transformers' Adafactor at a fixed learning rate, as
+    Diffusion-DPO's SDXL run)"""
     lr_warmup_steps: int = 0
     """optimizer steps of linear warm-up from 0 (diffusers' constant_with_warmup); 0: none"""
     weight_decay: float = 1e-4
@@ -272,7 +277,9 @@ class RunConfig:
     """epochs between checkpoints (the last epoch is always saved)"""
     keep_checkpoints: int = 2
     mixed_precision: MixedPrecision = "no"
-    """no, fp16 or bf16 (GPU), passed to accelerate"""
+    """no, fp16 or bf16: network passes under autocast, step math and log-probs in fp32 (accelerate)"""
+    report_to: str = "tensorboard"
+    """trackers besides metrics.jsonl, comma-separated: tensorboard, wandb, trackio, mlflow, or none"""
 
 
 @dataclass(frozen=True)

@@ -105,7 +105,26 @@ def validate(cfg: Config) -> None:
             pairs_kind(cfg.data.pairs)
         except DataError as e:
             raise ConfigError(str(e)) from None
+    _check_extras(cfg)
     algorithm.validate(cfg)
+
+
+def _check_extras(cfg: Config) -> None:
+    """Optional packages a setting needs are installed (checked before any model loads)."""
+    import importlib.util
+
+    from .train.trackers import missing_packages, parse_report_to
+
+    try:
+        names = parse_report_to(cfg.run.report_to)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if missing := missing_packages(names):
+        raise ConfigError(f"run.report_to {cfg.run.report_to} needs {', '.join(missing)}: "
+                          f"pip install {' '.join(missing)}")
+    if cfg.train.optimizer == "adamw8bit" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("train.optimizer adamw8bit needs bitsandbytes: pip install 'ddrl[scale]' "
+                          "(or pip install bitsandbytes)")
 
 
 def _check_prompt_source(key: str, src: str) -> None:

@@ -67,7 +67,7 @@ def evaluate(tr, tag: str) -> dict:
     return out
 
 
-def write_grid(tr, name: str) -> None:
+def write_grid(tr, name: str) -> Path:
     """A grid of the same (prompt, seed) pairs as the first images of the held-out evaluation."""
     prompts = _round_robin(tr.eval_prompts)
     k, n = tr.cfg.eval.images_per_prompt, tr.cfg.eval.grid_size
@@ -75,7 +75,7 @@ def write_grid(tr, name: str) -> None:
     ps, images = _sample(tr, needed, k, progress=False)
     ps, images = ps[:n], images[:n]
     rewards, _ = score(tr.reward, images, ps, [tr.prompt_metadata[p] for p in ps])
-    _save_grid(tr, name, images, ps, rewards, score_images(images, ps).correct)
+    return _save_grid(tr, name, images, ps, rewards, score_images(images, ps).correct)
 
 
 def _save_grid(tr, name: str, images, prompts, rewards, correct) -> Path:

@@ -43,6 +43,7 @@ from .finite import NonFiniteError, first_nonfinite, nonfinite_error
 from .metrics import MetricsLog, reward_metrics
 from .optim import average_gradients, make_optimizer, set_warmup_lr
 from .report import finish_run
+from .trackers import Trackers, parse_report_to
 from .resume import run_config_text
 from .state import load_latest_intact, save_trainer
 
@@ -90,6 +91,7 @@ class Trainer:
         self.nonfinite_batch = 0
         self.optimizer_steps = 0
         self._stop = False
+        self.log: MetricsLog | None = None
         self.algorithm = algorithm(Context(
             cfg=cfg, policy=self.policy, sampler=self.sampler, cond_table=self.cond_table, uncond=self.uncond,
             autocast=self.accelerator.autocast, reference=self.reference, optimizer_step=lambda: self.optimizer_step(),
@@ -314,8 +316,29 @@ class Trainer:
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", run_config_text(cfg))
-        log = MetricsLog(run_dir, self.epoch, tensorboard=self.is_main) if self.is_main else None
+        self.log = self._open_log(resume) if self.is_main else None
+        try:
+            return self._train()
+        finally:
+            if self.log is not None:
+                self.log.close()
+
+    def _open_log(self, resume: bool) -> MetricsLog:
+        names = parse_report_to(self.cfg.run.report_to)
+        external = [n for n in names if n != "tensorboard"]
+        trackers = Trackers(external, self.run_dir, self.cfg.to_dict(), resume) if external else None
+        return MetricsLog(self.run_dir, self.epoch, tensorboard="tensorboard" in names, trackers=trackers)
+
+    def _log_image(self, name: str, step: int) -> None:
+        path = self.run_dir / "grids" / f"{name}.png"
+        if self.log is not None and path.exists():
+            self.log.log_image(f"grids/{name.split('_')[0]}", path, step)
+
+    def _train(self) -> dict:
+        cfg, run_dir, log = self.cfg, self.run_dir, self.log
         before = evaluate_once(self, "before")
+        if self.epoch == 0:
+            self._log_image("before", 0)
         try:
             previous = signal.signal(signal.SIGINT, self._on_interrupt)
         except ValueError:  # not the main thread: Ctrl-C keeps its default behaviour
@@ -339,8 +362,6 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             pool.shutdown(wait=False, cancel_futures=True)
-            if log is not None:
-                log.close()
         if self._stop:
             if self.is_main:
                 print(f"stopped after epoch {self.epoch}; checkpoint saved. Continue with: "
@@ -348,7 +369,9 @@ class Trainer:
             return {}
         after = evaluate_once(self, "after")
         if self.is_main:
-            finish_run(self, log.rows if log else [], before, after)
+            finish_run(self, log.rows, before, after)
+            self._log_image("after", self.epoch)
+            log.log_image("reward_curve", run_dir / "reward_curve.png", self.epoch)
         return {"before": before, "after": after}
 
     def _on_interrupt(self, signum, frame) -> None:
@@ -370,6 +393,7 @@ class Trainer:
         if self.is_main:
             with self.eval_weights():
                 write_grid(self, name)
+            self._log_image(name, self.epoch)
         self.accelerator.wait_for_everyone()
 
     def _print(self, epoch: int, m: dict) -> None:

@@ -1,5 +1,5 @@
-"""Run metrics: one JSON line per epoch (the record of truth), mirrored to TensorBoard, and a
-reward-curve PNG redrawn as the run goes."""
+"""Run metrics: one JSON line per epoch (the record of truth), mirrored to TensorBoard and the
+trackers of `run.report_to`, and a reward-curve PNG redrawn as the run goes."""
 
 from __future__ import annotations
 
@@ -18,8 +18,9 @@ class MetricsLog:
     after the checkpoint a killed run resumes from) are dropped so the file equals an
     uninterrupted run's."""
 
-    def __init__(self, run_dir: Path, start_epoch: int, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, start_epoch: int, tensorboard: bool = True, trackers=None):
         self.path = run_dir / "metrics.jsonl"
+        self.trackers = trackers  # train.trackers.Trackers, or None
         self.rows = [r for r in read_metrics(self.path) if r["epoch"] < start_epoch]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
         self.tb = None
@@ -41,10 +42,25 @@ class MetricsLog:
                 if math.isfinite(float(v)):
                     self.tb.add_scalar(k, float(v), epoch)
             self.tb.flush()
+        if self.trackers is not None:
+            self.trackers.log({k: float(v) for k, v in metrics.items()}, step=epoch)
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        """A PNG of the run folder (a sample grid, the reward curve) shown in every tracker."""
+        if self.tb is not None:
+            import numpy as np
+            from PIL import Image
+
+            self.tb.add_image(key, np.asarray(Image.open(path).convert("RGB")), step, dataformats="HWC")
+            self.tb.flush()
+        if self.trackers is not None:
+            self.trackers.log_image(key, path, step)
 
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+        if self.trackers is not None:
+            self.trackers.finish()
 
 
 def read_metrics(path: Path) -> list[dict]:

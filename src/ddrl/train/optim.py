@@ -1,4 +1,4 @@
-"""The optimizer of a run: AdamW or Adafactor, the learning rate's warm-up, and gradients averaged
+"""The optimizer of a run: AdamW (or bitsandbytes' 8-bit AdamW) or Adafactor, the learning rate's warm-up, and gradients averaged
 across processes before each step."""
 
 from __future__ import annotations
@@ -13,6 +13,14 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> torch.optim.Optimiz
 
         return Adafactor(params, lr=cfg.learning_rate, weight_decay=t.weight_decay, clip_threshold=1.0,
                          scale_parameter=False, relative_step=False)
+    if t.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError:
+            raise ImportError("train.optimizer adamw8bit needs bitsandbytes: pip install 'ddrl[scale]' "
+                              "(or pip install bitsandbytes)") from None
+        return bnb.optim.AdamW8bit(params, lr=cfg.learning_rate, weight_decay=t.weight_decay,
+                                   betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
     return torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=t.weight_decay,
                              betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
 

@@ -1,0 +1,100 @@
+"""Experiment trackers beside the run folder's own records (`run.report_to`).
+
+TensorBoard is written by MetricsLog into the run folder (it truncates the epochs a resumed run
+repeats). W&B, Trackio and MLflow go through accelerate's tracker classes, the ones
+`Accelerator(log_with=...)` uses, so their settings and environment variables are the usual ones
+(WANDB_MODE=offline, TRACKIO_DIR, MLFLOW_TRACKING_URI, ...). Each gets the config, the per-epoch
+metrics, the sample grids and the final reward curve.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from ..config import flatten
+
+TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
+
+
+def parse_report_to(value: str) -> list[str]:
+    """`"tensorboard,wandb"` -> the names; "none" or "" -> []. Raises ValueError for unknown names."""
+    names = [n.strip().lower() for n in value.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise ValueError(f"run.report_to: unknown tracker {unknown[0]!r}; use a comma-separated list of "
+                         f"{', '.join(TRACKERS)}, or none")
+    return list(dict.fromkeys(names))
+
+
+def missing_packages(names: list[str]) -> list[str]:
+    return [TRACKERS[n] for n in names if importlib.util.find_spec(TRACKERS[n]) is None]
+
+
+class Trackers:
+    """The external trackers of one run (main process only)."""
+
+    def __init__(self, names: list[str], run_dir: Path, config: dict, resume: bool):
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+        self.trackers = []
+        name = run_dir.name
+        for n in names:
+            if n == "tensorboard":
+                continue
+            if n == "wandb":
+                # a stable id per run folder, so --resume continues the same W&B run
+                kwargs = {"dir": str(run_dir), "id": _safe_id(run_dir), "resume": "allow", "name": name}
+                tracker = LOGGER_TYPE_TO_CLASS[n]("ddrl", **kwargs)
+            elif n == "trackio":
+                tracker = LOGGER_TYPE_TO_CLASS[n]("ddrl", name=name, resume="allow" if resume else "never")
+            else:  # mlflow: the run folder holds the store unless MLFLOW_TRACKING_URI says otherwise
+                if "MLFLOW_TRACKING_URI" not in os.environ:
+                    _local_mlflow_store(run_dir)
+                tracker = LOGGER_TYPE_TO_CLASS[n](experiment_name="ddrl", run_name=name)
+            tracker.start()
+            tracker.store_init_configuration(flatten(config))
+            self.trackers.append(tracker)
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for t in self.trackers:
+            t.log(metrics, step=step)
+
+    def log_image(self, key: str, path: Path, step: int) -> None:
+        """A PNG already written to the run folder (a sample grid, the reward curve)."""
+        for t in self.trackers:
+            if t.name == "wandb":
+                import numpy as np
+                from PIL import Image
+
+                t.log_images({key: [np.asarray(Image.open(path).convert("RGB"))]}, step=step)
+            elif t.name == "trackio":
+                import trackio
+
+                t.log({key: trackio.Image(str(path))}, step=step)
+            elif t.name == "mlflow":
+                t.log_artifact(str(path), artifact_path=key.rpartition("/")[0] or None)
+
+    def finish(self) -> None:
+        for t in self.trackers:
+            t.finish()
+        self.trackers = []
+
+
+def _safe_id(run_dir: Path) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in run_dir.resolve().name)[:64]
+
+
+def _local_mlflow_store(run_dir: Path) -> None:
+    """MLflow's SQLite store in the run folder when SQLAlchemy is installed (full mlflow), else
+    its file store there (mlflow-skinny), which MLflow 3 keeps working behind an opt-in."""
+    import mlflow
+
+    if importlib.util.find_spec("sqlalchemy") is not None:
+        mlflow.set_tracking_uri(f"sqlite:///{(run_dir / 'mlflow.db').resolve()}")
+    else:
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri((run_dir / "mlruns").resolve().as_uri())
