@@ -146,6 +146,10 @@ class Trainer:
             needed = algorithm_class(self.cfg.train.algorithm).needs_reference(self.cfg)
             self._frozen_reference = copy.deepcopy(net).requires_grad_(False) if needed else None
             net.requires_grad_(True)
+        if m.gradient_checkpointing:
+            if not getattr(net, "_supports_gradient_checkpointing", False):
+                raise ModelError(f"model.gradient_checkpointing: {type(net).__name__} does not support it")
+            net.enable_gradient_checkpointing()  # non-reentrant torch.utils.checkpoint per block
         net.train()
         params = [p for p in net.parameters() if p.requires_grad]
         if not params:
