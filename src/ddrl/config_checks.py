@@ -131,9 +131,15 @@ def _check_prompt_source(key: str, src: str) -> None:
     if src.startswith("file:"):
         if not Path(src[5:]).is_file():
             raise ConfigError(f"{key}: prompt file {src[5:]!r} does not exist")
+    elif src.startswith("python:"):
+        from .prompts import PYTHON_SOURCES
+
+        if src[7:] not in PYTHON_SOURCES:
+            raise ConfigError(f"{key} {src!r}: no prompt set {src[7:]!r} was registered in this process "
+                              "(ddrl.register_prompts)")
     elif src not in ("shapes:train", "shapes:heldout", "shapes:all", "animals", "animal-activities"):
         raise ConfigError(f"{key} {src!r} is not a prompt source; use shapes:train, shapes:heldout, "
-                          "shapes:all, animals, animal-activities or file:PATH")
+                          "shapes:all, animals, animal-activities, file:PATH or python:NAME")
 
 
 def check_model_kind(cfg: Config, prediction: str) -> None:

@@ -18,6 +18,9 @@ ANIMALS = (
     "flamingo", "duck", "chicken", "swan", "turtle", "frog", "crocodile",
 )
 
+# prompt sets registered from Python (ddrl.register_prompts): prompts.source python:NAME
+PYTHON_SOURCES: dict[str, list[tuple[str, dict]]] = {}
+
 # the activities of the DDPO paper's prompt-alignment task (ddpo-pytorch assets/activities.txt)
 ACTIVITIES = ("washing the dishes", "riding a bike", "playing chess")
 
@@ -35,6 +38,10 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
         from .worlds.shapes import split
 
         return [(p, {}) for p in split(source.split(":", 1)[1])]
+    if source.startswith("python:"):
+        if source[7:] not in PYTHON_SOURCES:
+            raise ValueError(f"prompt source {source!r} is not registered in this process (ddrl.register_prompts)")
+        return list(PYTHON_SOURCES[source[7:]])
     if source == "animals":
         return [(p, {}) for p in ANIMALS]
     if source == "animal-activities":
@@ -59,7 +66,7 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
             records.append((prompt.strip(), row))
         return records
     raise ValueError(f"unknown prompt source {source!r}; expected shapes:train|heldout|all, animals, "
-                     "animal-activities, or file:PATH")
+                     "animal-activities, file:PATH, or python:NAME")
 
 
 def load_prompts(source: str) -> list[str]:

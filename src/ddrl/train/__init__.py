@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import types
 from pathlib import Path
 
 from ..config import Config
@@ -26,3 +28,17 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, resume_over
     elif not resume and (run_dir / NAME).exists():  # its cached evaluation would mix into this run
         raise ValueError(f"{run_dir} already holds a run; continue it with resume=True or choose another folder")
     return Trainer(cfg, run_dir).train(resume=resume)
+
+
+class _CallableModule(types.ModuleType):
+    """`ddrl.train(config, reward=..., ...)` calls ddrl.api.train: the package is also the API's
+    entry point (Python sets a submodule as its parent's attribute, so a plain function named
+    `train` in ddrl/__init__.py would be replaced by this package on first import)."""
+
+    def __call__(self, *args, **kwargs) -> dict:
+        from ..api import train as api_train
+
+        return api_train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

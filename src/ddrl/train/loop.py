@@ -40,6 +40,7 @@ from ..sampling import DDIMSampler, FlowSampler, rollout
 from .checkpoint import list_checkpoints
 from .evaluation import evaluate_once, write_grid
 from .finite import NonFiniteError, first_nonfinite, nonfinite_error
+from .memory import estimate as memory_estimate
 from .metrics import MetricsLog, reward_metrics
 from .optim import average_gradients, make_optimizer, set_warmup_lr
 from .report import finish_run
@@ -320,6 +321,8 @@ class Trainer:
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", run_config_text(cfg))
+        if self.is_main:
+            print(memory_estimate(self).line())
         self.log = self._open_log(resume) if self.is_main else None
         try:
             return self._train()

@@ -1,0 +1,147 @@
+"""The Python API: configs, custom rewards and prompts, and training from a notebook or script.
+
+    import ddrl
+
+    cfg = ddrl.load_config("shapes-quick", {"run.epochs": 5})
+    result = ddrl.train(cfg, reward=my_reward_fn, run_dir="runs/notebook")
+
+A custom reward is a plain callable `fn(images, prompts, metadata)`: images a (B, 3, H, W) float
+tensor in [0, 1], prompts a list of B strings, metadata a list of B dicts. It may return scores
+(a tensor, array or list of B numbers), a `RewardOutput`, or TRL's `(rewards, info)` pair, so a
+TRL DDPO `reward_fn` works unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from .config import Config, ConfigError, apply_overrides, flatten, load_yaml
+from .rewards import REWARDS, RewardError, RewardOutput, RewardSpec
+
+PromptRecords = Sequence["str | tuple[str, dict]"]
+
+
+def load_config(source: str | Path | dict | Config | None = None, overrides: dict[str, Any] | None = None,
+                **kwargs: Any) -> Config:
+    """A run configuration from a preset name (None: the default preset), a YAML file, a nested or
+    dotted dict, or a Config; then `overrides` ({"train.learning_rate": 1e-4}) and keyword
+    overrides with `__` for the dot (train__learning_rate=1e-4)."""
+    from .presets import DEFAULT_PRESET, preset_config
+
+    if isinstance(source, Config):
+        cfg = source
+    elif isinstance(source, dict):
+        cfg = apply_overrides(Config(), flatten(source))
+    elif source is None or (isinstance(source, str) and not str(source).endswith((".yaml", ".yml"))):
+        cfg = preset_config(source or DEFAULT_PRESET)
+    else:
+        if not Path(source).is_file():
+            raise ConfigError(f"config file {source} does not exist")
+        cfg = apply_overrides(Config(), load_yaml(source))
+    extra = dict(overrides or {}) | {k.replace("__", "."): v for k, v in kwargs.items()}
+    return apply_overrides(cfg, extra) if extra else cfg
+
+
+class CallableReward:
+    """A Python callable as a ddrl reward (see the module docstring for what it may return)."""
+
+    device = "cpu"
+
+    def __init__(self, name: str, fn: Callable, differentiable: bool = False):
+        self.name, self.fn, self.differentiable = name, fn, differentiable
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+        out = self.fn(images, list(prompts), list(metadata))
+        if isinstance(out, RewardOutput):
+            return out
+        info: Any = {}
+        if isinstance(out, tuple) and len(out) == 2:  # TRL's (rewards, reward_metadata)
+            out, info = out
+        scores = out if isinstance(out, torch.Tensor) and self.differentiable else torch.as_tensor(
+            out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out, dtype=torch.float32)
+        if scores.dim() != 1 or len(scores) != len(prompts):
+            raise RewardError(f"reward {self.name!r} returned scores of shape {tuple(scores.shape)} for "
+                              f"{len(prompts)} images; expected one number per image")
+        details = {k: list(v) for k, v in info.items()
+                   if isinstance(v, (list, tuple)) and len(v) == len(prompts)} if isinstance(info, dict) else {}
+        return RewardOutput(scores.float(), details)
+
+
+def register_reward(name: str, fn: Callable, *, description: str = "a Python callable",
+                    differentiable: bool = False) -> str:
+    """Make `fn` the reward `name` for this process (usable in reward.name and in sums such as
+    "0.5*name + clipscore"). With differentiable=True its scores must keep the images' graph
+    (reward backpropagation). Returns the name."""
+    if not name or not all(c.isalnum() or c in "-_" for c in name):
+        raise ConfigError(f"reward name {name!r}: use letters, digits, - and _")
+    if not callable(fn):
+        raise ConfigError(f"reward {name!r}: expected a callable, got {type(fn).__name__}")
+    if name in REWARDS and not getattr(REWARDS[name].factory, "python_callable", False):
+        raise ConfigError(f"reward {name!r} is built in; choose another name")
+
+    def factory() -> CallableReward:
+        return CallableReward(name, fn, differentiable)
+
+    factory.python_callable = True
+    REWARDS[name] = RewardSpec(factory, "images, prompts, metadata", description, differentiable=differentiable)
+    return name
+
+
+def register_prompts(name: str, prompts: PromptRecords | Callable[[], tuple[str, dict]], *, draws: int = 1000,
+                     seed: int = 0) -> str:
+    """Make a prompt set usable as prompts.source `python:NAME`. `prompts` is a list of prompts or
+    (prompt, metadata) pairs, or TRL's `prompt_fn() -> (prompt, metadata)`, which is called
+    `draws` times under `seed` and its distinct prompts kept in order (ddrl draws from a fixed
+    set, so runs are reproducible and resumable)."""
+    from .prompts import PYTHON_SOURCES
+
+    if callable(prompts):
+        import random
+
+        state = random.getstate()
+        random.seed(seed)
+        try:
+            drawn = [prompts() for _ in range(draws)]
+        finally:
+            random.setstate(state)
+        records = list({p: (p, m) for p, m in drawn}.values())
+    else:
+        records = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in prompts]
+    if not records or not all(isinstance(p, str) and p.strip() for p, _ in records):
+        raise ConfigError(f"prompts {name!r}: expected non-empty prompt strings")
+    PYTHON_SOURCES[name] = records
+    return f"python:{name}"
+
+
+def train(config: str | Path | dict | Config | None = None, *, run_dir: str | Path | None = None,
+          reward: Callable | str | None = None, prompts: PromptRecords | Callable | None = None,
+          eval_prompts: PromptRecords | Callable | None = None, resume: bool = False, **overrides: Any) -> dict:
+    """Train (or resume) a run and return its before/after evaluation ({} if stopped by Ctrl-C).
+
+    config: as `load_config`; keyword overrides use `__` for the dot (run__epochs=3). reward: a
+    registered name or a callable (registered as "python-reward"); prompts / eval_prompts: as
+    `register_prompts`. run_dir defaults to run.output_dir, else runs/<name>-<date>."""
+    import time
+
+    from .train import train as run
+
+    cfg = load_config(config, **overrides)
+    if callable(reward):
+        name = getattr(reward, "__name__", "")
+        custom = name in REWARDS and getattr(REWARDS[name].factory, "python_callable", False)
+        usable = name.replace("_", "-").replace("-", "").isalnum() and (name not in REWARDS or custom)
+        reward = register_reward(name if usable else "python-reward", reward)
+    if reward is not None:
+        cfg = replace(cfg, reward=replace(cfg.reward, name=reward))
+    if prompts is not None:
+        cfg = replace(cfg, prompts=replace(cfg.prompts, source=register_prompts("train", prompts)))
+    if eval_prompts is not None:
+        cfg = replace(cfg, prompts=replace(cfg.prompts, eval_source=register_prompts("eval", eval_prompts)))
+    run_dir = Path(run_dir or cfg.run.output_dir or f"runs/python-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = replace(cfg, run=replace(cfg.run, output_dir=str(run_dir)))
+    return run(cfg, run_dir, resume=resume)
+

@@ -1,0 +1,113 @@
+"""The memory estimate printed at the start of a run.
+
+    weights      every module of the pipeline (denoiser, VAE, text encoders) as loaded, plus the
+                 frozen reference copy that full fine-tuning with a KL keeps
+    gradients    4 bytes per trainable parameter (fp32 master weights)
+    optimizer    AdamW 8 bytes per trainable parameter (m, v); 8-bit AdamW 2 bytes (tensors under
+                 4096 elements keep fp32 state); Adafactor (rows + columns) x 4 bytes per matrix
+    EMA          4 bytes per trainable parameter when train.ema_decay > 0
+    activations  measured, not modelled: one denoiser forward with gradients on one sample at the
+                 run's latent size, counting the distinct tensors autograd saves for the backward
+                 pass that are not parameters (under the run's autocast and gradient
+                 checkpointing), times the samples of one training forward: train.batch_size x
+                 train.timesteps_per_forward, doubled when the update re-scores with guidance.
+
+The sum is what the update step holds at its peak; sampling without gradients needs less.
+benchmarks/memory_estimate.py checks it against measured peak memory on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..bounds import uses_guidance
+
+MiB = 2**20
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    weights: int
+    gradients: int
+    optimizer: int
+    ema: int
+    activations_per_sample: int
+    samples_per_forward: int
+
+    @property
+    def activations(self) -> int:
+        return self.activations_per_sample * self.samples_per_forward
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.gradients + self.optimizer + self.ema + self.activations
+
+    def line(self) -> str:
+        def f(b: int) -> str:
+            return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / MiB:.1f} MiB"
+
+        return (f"memory estimate per process: {f(self.total)} = weights {f(self.weights)} + gradients "
+                f"{f(self.gradients)} + optimizer state {f(self.optimizer)}"
+                + (f" + EMA {f(self.ema)}" if self.ema else "")
+                + f" + activations {f(self.activations_per_sample)} per sample x {self.samples_per_forward} per forward")
+
+
+def module_bytes(modules) -> int:
+    seen, total = set(), 0
+    for m in modules:
+        for t in list(m.parameters()) + list(m.buffers()):
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
+
+
+def optimizer_bytes(params: list[torch.nn.Parameter], kind: str) -> int:
+    if kind == "adamw8bit":  # bitsandbytes: 8-bit blocks (+ one fp32 absmax per 256) from 4096 elements
+        return sum(2 * p.numel() + 8 * (p.numel() // 256 + 1) if p.numel() >= 4096 else 8 * p.numel()
+                   for p in params)
+    if kind == "adafactor":  # factored second moment, no first moment (beta1 None)
+        return sum(4 * (p.shape[-2] + p.shape[-1]) if p.dim() >= 2 else 4 * p.numel() for p in params)
+    return 8 * sum(p.numel() for p in params)
+
+
+def activation_bytes_per_sample(tr) -> int:
+    """One forward with gradients on one sample, counting what autograd keeps for backward."""
+    from ..models.policy import guided_prediction
+
+    policy, cfg = tr.policy, tr.cfg
+    param_ptrs = {p.data_ptr() for m in _modules(policy) for p in m.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if t.data_ptr() not in param_ptrs:
+            saved[t.data_ptr()] = max(saved.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    x = torch.randn(1, *policy.latent_shape, device=policy.device)
+    t = tr.sampler.model_time(torch.zeros(1, dtype=torch.long)).to(policy.device)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), tr.accelerator.autocast():
+        out = guided_prediction(policy, x, t, tr.cond_table[:1], tr.uncond, 1.0)
+    del out
+    return sum(saved.values())
+
+
+def _modules(policy) -> list[torch.nn.Module]:
+    comps = getattr(policy.pipe, "components", {}) or {}
+    mods = [m for m in comps.values() if isinstance(m, torch.nn.Module)]
+    return mods if any(m is policy.denoiser for m in mods) else mods + [policy.denoiser]
+
+
+def estimate(tr) -> MemoryEstimate:
+    cfg, t = tr.cfg, tr.cfg.train
+    weights = module_bytes(_modules(tr.policy))
+    if tr._frozen_reference is not None:
+        weights += module_bytes([tr._frozen_reference])
+    n = sum(p.numel() for p in tr.params)
+    guided = t.rescore_with_guidance and uses_guidance(cfg.sample.guidance_scale)
+    return MemoryEstimate(
+        weights=weights, gradients=4 * n, optimizer=optimizer_bytes(tr.params, t.optimizer),
+        ema=4 * n if t.ema_decay > 0 else 0, activations_per_sample=activation_bytes_per_sample(tr),
+        samples_per_forward=t.batch_size * t.timesteps_per_forward * (2 if guided else 1))
