@@ -57,7 +57,7 @@ def main() -> None:
 
     from ddrl.rewards import get_reward, score
     from ddrl.rewards.aesthetic import AestheticMLP
-    from ddrl.rewards.server import RewardServer
+    from ddrl.rewards.serve import RewardServer
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the tests' tiny random-weight models
     from tiny_rewards import tiny_bert, tiny_blip, tiny_clip, tiny_vlm
 

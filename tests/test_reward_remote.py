@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ddrl.rewards import RewardError, RewardOutput, get_reward, score
-from ddrl.rewards.server import RewardServer
+from ddrl.rewards.serve import RewardServer
 from ddrl.worlds.shapes import render
 
 
@@ -199,3 +199,72 @@ def test_reward_server_command_serves_on_loopback(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+class _Slow:
+    """Scores each image by its mean (so every image's score is its own), slowly enough that
+    concurrent requests queue up; refuses any prompt containing 'bad'."""
+    name, differentiable, device, batch_size = "slow-mean", False, "cpu", 16
+
+    def __init__(self):
+        self.calls, self.attempts = [], []
+
+    def __call__(self, images, prompts, metadata):
+        self.attempts.append(len(images))
+        if any("bad" in p for p in prompts):
+            raise ValueError("a bad prompt")
+        self.calls.append(len(images))
+        time.sleep(0.05)
+        return RewardOutput(images.mean(dim=(1, 2, 3)), {"tag": [m.get("tag") for m in metadata]})
+
+
+def test_concurrent_requests_are_batched_and_each_client_gets_its_own_scores():
+    """8 clients at once, each with its own images and metadata: the server merges their requests
+    into batches of at most the reward's batch size (16), and every client gets exactly the scores
+    and details of its own images."""
+    reward, errors, results = _Slow(), [], {}
+
+    def client(c):
+        try:
+            images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(c))
+            remote = get_reward(f"remote:{srv.url}(retries=0)")
+            got, details = score(remote, images, [f"p{c}", f"p{c}"], [{"tag": c}, {"tag": c}])
+            results[c] = (got, images.mean(dim=(1, 2, 3)), details["tag"])
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    with _Serving(reward) as srv:
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors
+        for c, (got, want, tags) in results.items():
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+            assert tags == [c, c]
+        assert len(reward.calls) < 8 and max(reward.calls) <= 16 and sum(reward.calls) == 16
+        assert srv.batcher.requests == 8
+
+
+def test_a_failing_request_in_a_batch_fails_alone():
+    """A request the reward refuses, batched with good ones: its client gets the 400, the others
+    their scores."""
+    reward, outcome = _Slow(), {}
+
+    def client(c):
+        prompt = "bad" if c == 0 else f"p{c}"
+        try:
+            outcome[c] = score(get_reward(f"remote:{srv.url}(retries=0)"), torch.rand(1, 3, 8, 8), [prompt])[0]
+        except RewardError as e:
+            outcome[c] = e
+
+    with _Serving(reward, max_wait_ms=200) as srv:  # a long window: all four requests share one batch
+        threads = [threading.Thread(target=client, args=(c,)) for c in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert max(reward.attempts) > 1  # the bad request was first scored in a merged batch
+    assert isinstance(outcome[0], RewardError) and "HTTP 400" in str(outcome[0]) and "a bad prompt" in str(outcome[0])
+    assert all(isinstance(outcome[c], torch.Tensor) for c in (1, 2, 3))

@@ -23,12 +23,14 @@ def cmd_reward_server(args) -> None:
     import os
 
     from .rewards import get_reward
-    from .rewards.server import RewardServer, bind_problem, is_loopback
+    from .rewards.serve import RewardServer
+    from .rewards.server import bind_problem, is_loopback
 
     token = os.environ.get(args.token_env) or None
     try:  # bind before loading the reward (which can take minutes), so a bad host or port fails at once
         server = RewardServer(None, args.host, args.port, token, max_bytes=args.max_mb << 20,
-                              max_batch=args.max_batch, max_pixels=args.max_megapixels * 1_000_000)
+                              max_batch=args.max_batch, max_pixels=args.max_megapixels * 1_000_000,
+                              batch_size=args.batch_size, max_wait_ms=args.max_wait_ms)
     except OSError as e:  # checked when the socket is bound, before any request
         raise ValueError(f"cannot serve at {args.host}:{args.port}: {bind_problem(e, args.host, args.port)}") from None
     if not is_loopback(args.host) and token is None:
@@ -40,7 +42,8 @@ def cmd_reward_server(args) -> None:
         server.server_close()
         raise
     print(f"serving reward {reward.name!r} at {server.url} (POST /score, GET /health"
-          f"{', bearer token required' if token else ''}); Ctrl-C stops", flush=True)
+          f"{', bearer token required' if token else ''}; batches of up to {server.batch_size} images within "
+          f"{args.max_wait_ms:g} ms); Ctrl-C stops", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -81,8 +84,8 @@ def add_reward_commands(sub) -> None:
 
     p = sub.add_parser("reward-server", help="serve a reward over HTTP",
                        description="Serve any reward over HTTP (POST /score with npz or PNG images, JSON out; "
-                       "GET /health). Binds to loopback unless --host says otherwise. Clients use the reward "
-                       "'remote:http://HOST:PORT'.")
+                       "GET /health) on uvicorn, batching concurrent requests. Binds to loopback unless --host says "
+                       "otherwise. Clients use the reward 'remote:http://HOST:PORT'.")
     p.add_argument("--reward", required=True, help="a reward spec, e.g. aesthetic or 'pickscore(batch_size=16)'")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=port_int, default=8100, help="port (default: 8100; 0 picks a free one)")
@@ -92,6 +95,11 @@ def add_reward_commands(sub) -> None:
     p.add_argument("--max-batch", type=positive_int, default=256, help="most images per request (default: 256)")
     p.add_argument("--max-megapixels", type=positive_int, default=32,
                    help="most pixels per request in all, in millions, checked before decoding (default: 32)")
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="most images scored in one call, gathered from concurrent requests (default: the "
+                   "reward's batch_size, else 32)")
+    p.add_argument("--max-wait-ms", type=non_negative_float, default=5.0,
+                   help="how long a request waits for others to join its batch (default: 5)")
     p.set_defaults(func=cmd_reward_server)
 
     p = sub.add_parser("convert-open-clip", help="convert an open_clip checkpoint (e.g. HPS v2.1) for transformers",

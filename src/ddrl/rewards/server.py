@@ -1,7 +1,9 @@
 """`ddrl reward-server`: any registered reward over HTTP, so heavy or clashing reward stacks can run
-in their own environment, process, GPU or machine.
+in their own environment, process, GPU or machine. This module is the protocol and its checks; the
+server (an ASGI app on uvicorn that batches concurrent requests) is ddrl.rewards.serve.
 
-    GET  /health  -> {"status": "ok", "reward": NAME, "max_batch": N, "max_bytes": M, "max_pixels": P}
+    GET  /health  -> {"status": "ok", "reward": NAME, "max_batch": N, "max_bytes": M, "max_pixels": P,
+                      "batch_size": the server's batching size}
     POST /score   <- application/x-npz: `images` (B, 3, H, W) float in [0, 1] or uint8,
                      `prompts` (B,) str, optional `metadata` (a JSON list of B objects, as a str)
                   <- application/json: {"images": [base64 PNG, ...], "prompts": [...], "metadata": [...]}
@@ -19,19 +21,13 @@ from __future__ import annotations
 
 import base64
 import errno
-import hmac
 import io
 import ipaddress
 import json
-import math
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import torch
-
-from .base import RewardFn, check_images, score
 
 NPZ, JSON = "application/x-npz", "application/json"
 
@@ -115,90 +111,6 @@ def _jsonable(details: dict) -> dict:
     """The details that survive JSON (numbers, strings, booleans and None in lists)."""
     ok = (int, float, str, bool, type(None))
     return {k: v for k, v in details.items() if all(isinstance(x, ok) for x in v)}
-
-
-class RewardServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, reward: RewardFn, host: str = "127.0.0.1", port: int = 8100, token: str | None = None,
-                 max_bytes: int = 64 << 20, max_batch: int = 256, max_pixels: int = 32_000_000, quiet: bool = False):
-        self.reward, self.token, self.max_bytes, self.max_batch, self.quiet = reward, token, max_bytes, max_batch, quiet
-        self.max_pixels = max_pixels
-        self.lock = threading.Lock()  # one batch at a time through the model
-        super().__init__((host, port), _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: RewardServer
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt, *args):
-        if not self.server.quiet:
-            super().log_message(fmt, *args)
-
-    def _send(self, status: int, payload: dict) -> None:
-        body = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", JSON)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self):
-        if self.path.rstrip("/") != "/health":
-            return self._send(404, {"error": f"no such endpoint {self.path}; use /health or POST /score"})
-        s = self.server
-        self._send(200, {"status": "ok", "reward": s.reward.name, "max_batch": s.max_batch, "max_bytes": s.max_bytes,
-                         "max_pixels": s.max_pixels})
-
-    def do_POST(self):
-        try:
-            self._send(200, self._score())
-        except BadRequest as e:
-            self.close_connection = True  # the body may be unread
-            self._send(e.status, {"error": str(e)})
-        except ValueError as e:  # RewardError, or a reward refusing its input (e.g. a prompt it cannot read)
-            self._send(400, {"error": str(e)})
-        except Exception as e:  # noqa: BLE001 - report, keep serving
-            self.log_error("scoring failed: %r", e)
-            self._send(500, {"error": f"the reward failed on the server: {type(e).__name__}: {e}"})
-
-    def _score(self) -> dict:
-        s = self.server
-        if self.path.rstrip("/") != "/score":
-            raise BadRequest(404, f"no such endpoint {self.path}; POST to /score")
-        if s.token is not None:
-            got = self.headers.get("Authorization", "")
-            if not hmac.compare_digest(got.encode(), f"Bearer {s.token}".encode()):
-                raise BadRequest(401, "missing or wrong bearer token")
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise BadRequest(411, "Content-Length is required")
-        if int(length) > s.max_bytes:
-            raise BadRequest(413, f"request of {int(length)} bytes is over this server's limit of {s.max_bytes}")
-        body = self.rfile.read(int(length))
-        kind = self.headers.get("Content-Type", "").split(";")[0].strip()
-        if kind not in (NPZ, JSON):
-            raise BadRequest(415, f"Content-Type must be {NPZ} or {JSON}, got {kind!r}")
-        images, prompts, metadata = (decode_npz if kind == NPZ else decode_json)(body, s.max_pixels)
-        if len(images) > s.max_batch:
-            raise BadRequest(413, f"batch of {len(images)} is over this server's limit of {s.max_batch}")
-        check_images(s.reward.name, images)
-        if not isinstance(prompts, list) or len(prompts) != len(images) or not all(isinstance(p, str) for p in prompts):
-            raise BadRequest(400, f"need one prompt string per image ({len(images)} images)")
-        if metadata is not None and (not isinstance(metadata, list) or len(metadata) != len(images)
-                                     or not all(isinstance(m, dict) for m in metadata)):
-            raise BadRequest(400, "metadata must be a list of one JSON object per image")
-        with s.lock, torch.no_grad():
-            scores, details = score(s.reward, images, prompts, metadata)
-        values = scores.tolist()
-        assert all(math.isfinite(v) for v in values)  # score() refuses non-finite scores
-        return {"scores": values, "details": _jsonable(details)}
 
 
 def is_loopback(host: str) -> bool:
