@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -126,3 +127,60 @@ def test_an_undecodable_image_stops_every_process_with_its_line(tiny_sd_folder, 
     out = _launch(args, 2, timeout=300)
     assert out.returncode != 0
     assert "pairs.jsonl:3: cannot decode the image" in out.stderr
+
+
+def _launch_fsdp(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    """`ddrl <args>` in 2 processes with the denoiser sharded by FSDP2 (tests/fsdp_cpu.py)."""
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    script = str(Path(__file__).parent / "fsdp_cpu.py")
+    return subprocess.run([sys.executable, *launch, script, *args], capture_output=True, text=True,
+                          env=os.environ | {"OMP_NUM_THREADS": "1"}, **kwargs)
+
+
+@pytest.mark.parametrize("lora", [True, pytest.param(False, marks=pytest.mark.slow)])
+def test_fsdp_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tmp_path, lora):
+    """FSDP2 shards the denoiser's parameters, gradients and optimizer state over 2 processes;
+    its backward reduce-scatters the mean gradient. The first update equals one process's on the
+    same global batch, LoRA or full fine-tuning, and the checkpoint holds whole tensors (gathered
+    from the shards) under the same names."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = {"model.lora": lora} | ({} if lora else {"train.learning-rate": 1e-3})
+    out = _launch(_train_args(tiny_sd_folder, one, **{"sample.batch-size": 4, "sample.num-batches-per-epoch": 2,
+                                                      "train.batch-size": 4} | extra), 1)
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _launch_fsdp(_train_args(tiny_sd_folder, two, **{"sample.batch-size": 4, "train.batch-size": 2} | extra))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 process(es)" in out.stdout
+    rows1, w1 = _result(one)
+    rows2, w2 = _result(two)
+    assert set(w1) == set(w2) and all(w1[k].shape == w2[k].shape for k in w1)
+    assert rows1[0]["reward/mean"] == rows2[0]["reward/mean"]
+    if lora:
+        _assert_same_update(rows1, w1, rows2, w2)
+        assert (two / "lora" / "pytorch_lora_weights.safetensors").exists()
+    else:  # full fine-tuning: the update is the change of every weight
+        assert abs(rows1[0]["train/grad_norm"] - rows2[0]["train/grad_norm"]) < 1e-4 * rows1[0]["train/grad_norm"]
+        for k in w1:
+            torch.testing.assert_close(w2[k], w1[k], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.slow  # about 100 s
+def test_fsdp_run_resumes_where_it_stopped(tiny_sd_folder, tmp_path):
+    """A sharded run stopped after epoch 1 and resumed (sharded again) ends with the weights and
+    EMA of the uninterrupted sharded run: the checkpoint's whole tensors are re-sharded, optimizer
+    state and EMA too."""
+    sizes = {"sample.batch-size": 4, "train.batch-size": 2, "train.ema-decay": 0.9}
+    full, part = tmp_path / "full", tmp_path / "part"
+    out = _launch_fsdp(_train_args(tiny_sd_folder, full, **sizes))
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _launch_fsdp(_train_args(tiny_sd_folder, part, **sizes | {"run.epochs": 1}))
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _launch_fsdp(["train", "--resume", str(part), "--run.epochs", "2"])
+    assert out.returncode == 0, out.stderr[-3000:]
+    a = load_file(str(full / "checkpoints/epoch_000002/trainable.safetensors"))
+    b = load_file(str(part / "checkpoints/epoch_000002/trainable.safetensors"))
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    a, b = (load_file(str(r / "checkpoints/epoch_000002/ema.safetensors")) for r in (full, part))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)

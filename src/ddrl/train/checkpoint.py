@@ -24,10 +24,11 @@ from safetensors.torch import load_file, save_file
 _NAME = re.compile(r"^epoch_(\d{6})$")
 
 
-def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], str]:
-    """The optimizer's per-parameter state as named tensors plus its param groups as JSON."""
+def optimizer_tensors(opt: torch.optim.Optimizer, whole=lambda t: t) -> tuple[dict[str, torch.Tensor], str]:
+    """The optimizer's per-parameter state as named tensors (each passed through `whole`, which
+    gathers a sharded one) plus its param groups as JSON."""
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": (v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
+    tensors = {f"{i}.{k}": whole(v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
                for i, s in sd["state"].items() for k, v in s.items()}
     return tensors, json.dumps(sd["param_groups"])
 
@@ -61,9 +62,11 @@ def _manifest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): _sha256(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def save_checkpoint(ckpt_dir: Path, epoch: int, weights: dict[str, torch.Tensor], opt: torch.optim.Optimizer,
-                    state: dict, extra_files: dict[str, callable] | None = None, keep: int = 2) -> Path:
+def save_checkpoint(ckpt_dir: Path, epoch: int, weights: dict[str, torch.Tensor],
+                    opt: torch.optim.Optimizer | tuple[dict[str, torch.Tensor], str], state: dict,
+                    extra_files: dict[str, callable] | None = None, keep: int = 2) -> Path:
     """Write checkpoint `epoch` (the number of completed epochs) atomically and prune old ones.
+    `opt` is the optimizer or its `optimizer_tensors`.
     `extra_files` maps a file name to a function writing it into the given folder. state.json,
     written last, lists the sha256 of every other file, so damage is found on resume."""
     final = ckpt_dir / f"epoch_{epoch:06d}"
@@ -73,7 +76,7 @@ def save_checkpoint(ckpt_dir: Path, epoch: int, weights: dict[str, torch.Tensor]
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "trainable.safetensors"))
-        opt_tensors, groups = optimizer_tensors(opt)
+        opt_tensors, groups = opt if isinstance(opt, tuple) else optimizer_tensors(opt)
         save_file({k: v.cpu() for k, v in opt_tensors.items()}, str(tmp / "optimizer.safetensors"),
                   metadata={"param_groups": groups})
         for name, write in (extra_files or {}).items():

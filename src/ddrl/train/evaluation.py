@@ -52,7 +52,7 @@ def evaluate(tr, tag: str) -> dict:
         if k == 0:  # eval.train_images_per_prompt 0: held-out prompts only
             continue
         prompts = prompts[:e.max_prompts or None]
-        ps, images = _sample(tr, prompts, k, progress=True)
+        ps, images = _sample(tr, prompts, k, progress=tr.is_main)
         rewards, _ = score(tr.reward, images, ps, [tr.prompt_metadata[p] for p in ps])
         out[split] = {"reward": float(rewards.mean())}
         # kept per image: before and after share seeds, so a change has a paired standard error
@@ -79,6 +79,8 @@ def write_grid(tr, name: str) -> Path:
 
 
 def _save_grid(tr, name: str, images, prompts, rewards, correct) -> Path:
+    if not tr.is_main:  # under FSDP every process samples the grid; one writes it
+        return tr.run_dir / "grids" / f"{name}.png"
     captions = [f"{p} ({float(r):.2f})" for p, r in zip(prompts, rewards)]
     grid = image_grid(images, captions, correct=correct)
     return atomic_write(tr.run_dir / "grids" / f"{name}.png", grid.save)
@@ -107,9 +109,10 @@ def evaluate_once(tr, tag: str) -> dict:
             if tr.is_main:
                 print(f"warning: {path} is damaged ({type(e).__name__}); evaluating again")
     result = {}
-    if tr.is_main:
+    if tr.is_main or tr.sharded:  # sampling is a collective under FSDP: every process evaluates
         with tr.eval_weights():
             result = evaluate(tr, tag) | {"epoch": tr.epoch}
+    if tr.is_main:
         atomic_write_text(path, json.dumps(result, indent=1))
     tr.accelerator.wait_for_everyone()
     return result if tr.is_main else json.loads(path.read_text())

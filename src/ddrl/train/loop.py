@@ -44,6 +44,7 @@ from .memory import estimate as memory_estimate
 from .metrics import MetricsLog, reward_metrics
 from .optim import average_gradients, make_optimizer, set_warmup_lr
 from .report import finish_run
+from .sharding import full, full_state, is_sharded, local, shard
 from .trackers import Trackers, parse_report_to
 from .resume import run_config_text
 from .state import load_latest_intact, save_trainer
@@ -84,9 +85,13 @@ class Trainer:
             self.cond_table = self.policy.encode(self.train_prompts)
             self.uncond = self.policy.encode([""])
         self.params = self._make_trainable()
+        self.optimizer = make_optimizer(self.params, cfg)
+        self.sharded = is_sharded(self.accelerator)
+        if self.sharded:  # FSDP2: parameters, gradients and optimizer state become DTensor shards
+            self.policy.denoiser, self.optimizer = shard(self.accelerator, self.policy.denoiser, self.optimizer)
+            self.params = [p for p in self.policy.denoiser.parameters() if p.requires_grad]
         # an EMA of the trained weights, for evaluation and export (flow_grpo's and DiffusionNFT's option)
         self.ema = {k: v.clone() for k, v in self.trainable_state().items()} if cfg.train.ema_decay > 0 else None
-        self.optimizer = make_optimizer(self.params, cfg)
         self.epoch = 0
         self.skipped_steps = 0
         self.nonfinite_batch = 0
@@ -173,7 +178,15 @@ class Trainer:
             self.policy.denoiser = trained
 
     def trainable_state(self) -> dict[str, Tensor]:
+        """The trained weights by name (DTensor shards under FSDP; `full_state` gathers them)."""
         return {n: p.detach() for n, p in self.policy.denoiser.named_parameters() if p.requires_grad}
+
+    def lora_layers(self) -> dict[str, Tensor]:
+        """The exported LoRA's weights (the EMA's when there is one), whole: a collective under FSDP."""
+        from peft.utils import get_peft_model_state_dict
+
+        with self.eval_weights():
+            return full_state(get_peft_model_state_dict(self.policy.denoiser))
 
     def generator(self, *key: int, purpose: str = "train") -> torch.Generator:
         ss = np.random.SeedSequence([self.cfg.run.seed, _PURPOSE[purpose], *[k + 1 for k in key]])
@@ -250,9 +263,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one epoch
     def optimizer_step(self) -> float:
-        average_gradients(self.params, self.accelerator)
+        if not self.sharded:  # FSDP averages gradients in the backward pass
+            average_gradients(self.params, self.accelerator)
         t = self.cfg.train
-        norm = torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm)
+        norm = full(torch.nn.utils.clip_grad_norm_(self.params, t.max_grad_norm))
         if not torch.isfinite(norm):
             if t.nonfinite == "stop":
                 raise self._nonfinite(f"gradient norm ({float(norm)})", skippable=True)
@@ -306,8 +320,9 @@ class Trainer:
         return metrics
 
     def _check_update(self, metrics: dict[str, float]) -> None:
-        if bad := first_nonfinite(self.trainable_state()):
-            raise self._nonfinite(f"weights ({bad})")
+        bad = first_nonfinite({k: local(v) for k, v in self.trainable_state().items()})
+        if self._any_process(bad is not None):  # a shard's check is this process's only
+            raise self._nonfinite(f"weights ({bad or 'on another process'})")
         if not math.isfinite(metrics.get("train/loss", 0.0)) and self.cfg.train.nonfinite == "stop":
             raise self._nonfinite(f"loss ({metrics['train/loss']})", skippable=True)
         if self.cfg.train.nonfinite == "skip":
@@ -321,8 +336,10 @@ class Trainer:
         if self.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", run_config_text(cfg))
-        if self.is_main:
-            print(memory_estimate(self).line())
+        if self.is_main or self.sharded:  # the estimate's probe is a forward: a collective under FSDP
+            line = memory_estimate(self).line()
+            if self.is_main:
+                print(line)
         self.log = self._open_log(resume) if self.is_main else None
         try:
             return self._train()
@@ -375,8 +392,9 @@ class Trainer:
                       f"ddrl train --resume {run_dir}")
             return {}
         after = evaluate_once(self, "after")
+        lora = self.lora_layers() if cfg.model.lora else None
         if self.is_main:
-            finish_run(self, log.rows, before, after)
+            finish_run(self, log.rows, before, after, lora)
             self._log_image("after", self.epoch)
             log.log_image("reward_curve", run_dir / "reward_curve.png", self.epoch)
         return {"before": before, "after": after}
@@ -397,9 +415,10 @@ class Trainer:
         return self._any_process(self._stop)
 
     def _grid(self, name: str) -> None:
-        if self.is_main:
+        if self.is_main or self.sharded:  # sampling is a collective under FSDP; the main process writes
             with self.eval_weights():
                 write_grid(self, name)
+        if self.is_main:
             self._log_image(name, self.epoch)
         self.accelerator.wait_for_everyone()
 

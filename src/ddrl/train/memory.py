@@ -1,7 +1,8 @@
 """The memory estimate printed at the start of a run.
 
     weights      every module of the pipeline (denoiser, VAE, text encoders) as loaded, plus the
-                 frozen reference copy that full fine-tuning with a KL keeps
+                 frozen reference copy that full fine-tuning with a KL keeps; under FSDP the
+                 denoiser's shard (the blocks all-gathered during a forward are not counted)
     gradients    4 bytes per trainable parameter (fp32 master weights)
     optimizer    AdamW 8 bytes per trainable parameter (m, v); 8-bit AdamW 2 bytes (tensors under
                  4096 elements keep fp32 state); Adafactor (rows + columns) x 4 bytes per matrix
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from ..bounds import uses_guidance
+from .sharding import local
 
 MiB = 2**20
 
@@ -55,16 +57,18 @@ class MemoryEstimate:
 
 
 def module_bytes(modules) -> int:
+    """Bytes of the modules' parameters and buffers on this process (its shards under FSDP)."""
     seen, total = set(), 0
     for m in modules:
         for t in list(m.parameters()) + list(m.buffers()):
+            t = local(t)
             if t.data_ptr() not in seen:
                 seen.add(t.data_ptr())
                 total += t.numel() * t.element_size()
     return total
 
 
-def optimizer_bytes(params: list[torch.nn.Parameter], kind: str) -> int:
+def optimizer_bytes(params: list[torch.Tensor], kind: str) -> int:
     if kind == "adamw8bit":  # bitsandbytes: 8-bit blocks (+ one fp32 absmax per 256) from 4096 elements
         return sum(2 * p.numel() + 8 * (p.numel() // 256 + 1) if p.numel() >= 4096 else 8 * p.numel()
                    for p in params)
@@ -78,7 +82,7 @@ def activation_bytes_per_sample(tr) -> int:
     from ..models.policy import guided_prediction
 
     policy, cfg = tr.policy, tr.cfg
-    param_ptrs = {p.data_ptr() for m in _modules(policy) for p in m.parameters()}
+    param_ptrs = {local(p).data_ptr() for m in _modules(policy) for p in m.parameters()}
     saved: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
@@ -105,9 +109,10 @@ def estimate(tr) -> MemoryEstimate:
     weights = module_bytes(_modules(tr.policy))
     if tr._frozen_reference is not None:
         weights += module_bytes([tr._frozen_reference])
-    n = sum(p.numel() for p in tr.params)
+    shards = [local(p.detach()) for p in tr.params]
+    n = sum(p.numel() for p in shards)
     guided = t.rescore_with_guidance and uses_guidance(cfg.sample.guidance_scale)
     return MemoryEstimate(
-        weights=weights, gradients=4 * n, optimizer=optimizer_bytes(tr.params, t.optimizer),
+        weights=weights, gradients=4 * n, optimizer=optimizer_bytes(shards, t.optimizer),
         ema=4 * n if t.ema_decay > 0 else 0, activations_per_sample=activation_bytes_per_sample(tr),
         samples_per_forward=t.batch_size * t.timesteps_per_forward * (2 if guided else 1))

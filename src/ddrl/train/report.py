@@ -77,12 +77,11 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}img{{max-width:10
     return run_dir / "report.md"
 
 
-def finish_run(tr, rows: list[dict], before: dict, after: dict) -> None:
-    """The end of a run: the exported LoRA, the reward curve and the report."""
+def finish_run(tr, rows: list[dict], before: dict, after: dict, lora: dict | None = None) -> None:
+    """The end of a run: the exported LoRA (`tr.lora_layers()`), the reward curve and the report."""
     cfg, run_dir = tr.cfg, tr.run_dir
-    if cfg.model.lora:
-        with tr.eval_weights():
-            save_lora(tr.policy, run_dir / "lora")
+    if lora is not None:
+        save_lora(tr.policy, run_dir / "lora", lora)
     evals = {"held-out reward before (fixed seeds)": (0, before["heldout"]["reward"]),
              "held-out reward after (fixed seeds)": (tr.epoch, after["heldout"]["reward"])}
     plot_reward_curve(rows, run_dir / "reward_curve.png", cfg.reward.name, evals)

@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .checkpoint import DamagedCheckpoint, list_checkpoints, load_checkpoint, load_optimizer, save_checkpoint
+from .checkpoint import (DamagedCheckpoint, list_checkpoints, load_checkpoint, load_optimizer, optimizer_tensors,
+                         save_checkpoint)
 from .export import save_lora
+from .sharding import full, full_state, like, shard_optimizer_state
 from .resume import run_config_text
 
 
@@ -20,20 +22,22 @@ def _save_tensors(tensors: dict, name: str):
 
 
 def save_trainer(tr, epoch: int) -> None:
+    # whole tensors: under FSDP each is gathered from the shards, by every process in the same order
+    weights = full_state(tr.trainable_state())
+    opt_state = optimizer_tensors(tr.optimizer, full)
+    ema = full_state(tr.ema) if tr.ema is not None else None
+    lora = tr.lora_layers() if tr.cfg.model.lora else None
     if tr.is_main:
         # a copy of the run's config, to name what changed if config.yaml is edited or damaged
         extra = {"config": lambda d: (d / "config.yaml").write_text(run_config_text(tr.cfg))}
-        if tr.cfg.model.lora:
-            def lora(d):
-                with tr.eval_weights():
-                    save_lora(tr.policy, d)
-            extra["lora"] = lora
-        if tr.ema is not None:
-            extra["ema"] = _save_tensors(tr.ema, "ema.safetensors")
+        if lora is not None:
+            extra["lora"] = lambda d: save_lora(tr.policy, d, lora)
+        if ema is not None:
+            extra["ema"] = _save_tensors(ema, "ema.safetensors")
         tensors, values = tr.algorithm.state_dict()
         if tensors:
-            extra["algorithm"] = _save_tensors(tensors, "algorithm.safetensors")
-        save_checkpoint(tr.run_dir / "checkpoints", epoch, tr.trainable_state(), tr.optimizer,
+            extra["algorithm"] = _save_tensors(full_state(tensors), "algorithm.safetensors")
+        save_checkpoint(tr.run_dir / "checkpoints", epoch, weights, opt_state,
                         {"optimizer_steps": tr.optimizer_steps, "algorithm": values}, extra,
                         keep=tr.cfg.run.keep_checkpoints)
     tr.accelerator.wait_for_everyone()
@@ -51,12 +55,13 @@ def load_trainer(tr, path: Path) -> None:
                          f"({len(weights)} tensors saved, {len(tr.params)} trainable; e.g. {missing[:2]})")
     with torch.no_grad():
         for k, v in weights.items():
-            params[k].copy_(v)
+            params[k].copy_(like(v, params[k]))  # sharded as the parameter under FSDP
     device = tr.accelerator.device
     load_optimizer(tr.optimizer, {k: v.to(device) for k, v in opt_tensors.items()}, groups)
+    shard_optimizer_state(tr.optimizer)
     tr.epoch, tr.optimizer_steps = state["epoch"], state["optimizer_steps"]
     if tr.ema is not None:
-        tr.ema = {k: v.to(device) for k, v in load_file(str(path / "ema.safetensors")).items()}
+        tr.ema = {k: like(v, params[k]) for k, v in load_file(str(path / "ema.safetensors")).items()}
     algo_file = path / "algorithm.safetensors"
     tensors = load_file(str(algo_file)) if algo_file.exists() else {}
     tr.algorithm.load_state_dict(tensors, state["algorithm"])
