@@ -190,3 +190,40 @@ def test_bf16_logprob_error_is_the_networks_only(bf16_accelerator, tmp_path):
             torch.testing.assert_close(gap, exact, rtol=1e-3, atol=1e-6)
             assert bool((gap.abs() <= bound * (1 + 1e-4)).all())
             print(j, gap.abs().max().item(), bound.max().item())
+
+
+@pytest.mark.parametrize("config", ["fsdp2.yaml", "fsdp2-multinode.yaml"])
+def test_example_fsdp_configs_load_and_name_blocks_the_models_have(config):
+    """The accelerate configs in examples/ parse as FSDP2, and the block classes they wrap
+    resolve in the UNet (accelerate raises for a class the model lacks); the comment's classes
+    for SD3 resolve in the SD3 transformer."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    from ddrl.models.loading import load_policy
+
+    c = load_config_from_file(str(Path(__file__).parents[1] / "examples" / "accelerate" / config))
+    assert c.distributed_type == DistributedType.FSDP and c.fsdp_config["fsdp_version"] == 2
+    for model, names in (("shapes-sd", c.fsdp_config["fsdp_transformer_layer_cls_to_wrap"].split(",")),
+                         ("shapes-flow", ["JointTransformerBlock"])):
+        plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                                transformer_cls_names_to_wrap=names)
+        plugin.set_auto_wrap_policy(load_policy(model).denoiser)
+        assert {cls.__name__ for cls in plugin.auto_wrap_policy.keywords["transformer_layer_cls"]} == set(names)
+
+
+def test_deepspeed_and_fsdp1_are_refused_with_the_reason():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from ddrl.train.sharding import ShardingError, is_sharded
+
+    with pytest.raises(ShardingError, match="DeepSpeed is not supported.*examples/accelerate/fsdp2.yaml"):
+        is_sharded(SimpleNamespace(distributed_type=DistributedType.DEEPSPEED))
+    with pytest.raises(ShardingError, match="FSDP1 is not supported; set fsdp_version: 2"):
+        is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False))
+    assert is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True))
+    assert not is_sharded(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))

@@ -60,6 +60,7 @@ class Trainer:
         self.accelerator = accelerator or Accelerator(mixed_precision=cfg.run.mixed_precision,
                                                           cpu=not torch.cuda.is_available())
         self.is_main = self.accelerator.is_main_process
+        self.sharded = is_sharded(self.accelerator)  # refuses DeepSpeed and FSDP1 before any model loads
         self.reward = get_reward(cfg.reward.name)
         train_records, eval_records = load_prompt_records(cfg.prompts.source), load_prompt_records(cfg.prompts.eval_source)
         self.train_prompts, self.eval_prompts = [p for p, _ in train_records], [p for p, _ in eval_records]
@@ -86,7 +87,6 @@ class Trainer:
             self.uncond = self.policy.encode([""])
         self.params = self._make_trainable()
         self.optimizer = make_optimizer(self.params, cfg)
-        self.sharded = is_sharded(self.accelerator)
         if self.sharded:  # FSDP2: parameters, gradients and optimizer state become DTensor shards
             self.policy.denoiser, self.optimizer = shard(self.accelerator, self.policy.denoiser, self.optimizer)
             self.params = [p for p in self.policy.denoiser.parameters() if p.requires_grad]
