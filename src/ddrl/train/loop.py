@@ -15,7 +15,6 @@ minibatch that it will train on; gradients are averaged across processes before 
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import signal
 import time
@@ -32,7 +31,7 @@ from ..config import Config
 from ..config_checks import algorithm_class, check_model_kind
 from ..ema import ema_step_
 from ..io import atomic_write_text
-from ..models.policy import ModelError, guided_prediction
+from ..models.policy import guided_prediction
 from ..models.prompt_length import check_prompt_lengths
 from ..prompts import load_prompt_records, shown
 from ..rewards import get_reward, score
@@ -44,10 +43,11 @@ from .memory import estimate as memory_estimate
 from .metrics import MetricsLog, reward_metrics
 from .optim import average_gradients, make_optimizer, set_warmup_lr
 from .report import finish_run
-from .sharding import full, full_state, is_sharded, local, shard
-from .trackers import Trackers, parse_report_to
 from .resume import run_config_text
+from .sharding import full, full_state, is_sharded, local, shard
 from .state import load_latest_intact, save_trainer
+from .trackers import open_log
+from .trainable import make_trainable
 
 _PURPOSE = {"noise": 0, "prompt": 1, "train": 2, "data": 3, "pairs": 4, "truncation": 5, "pretrain": 6}
 
@@ -85,7 +85,7 @@ class Trainer:
         with torch.no_grad():  # validates every prompt against the model before any work
             self.cond_table = self.policy.encode(self.train_prompts)
             self.uncond = self.policy.encode([""])
-        self.params = self._make_trainable()
+        self.params, self._frozen_reference = make_trainable(self.policy, cfg)
         self.optimizer = make_optimizer(self.params, cfg)
         if self.sharded:  # FSDP2: parameters, gradients and optimizer state become DTensor shards
             self.policy.denoiser, self.optimizer = shard(self.accelerator, self.policy.denoiser, self.optimizer)
@@ -136,31 +136,6 @@ class Trainer:
     def eval_weights(self):
         """The weights that are evaluated and exported: the EMA when there is one."""
         return self._swapped(self.ema)
-
-    def _make_trainable(self) -> list[torch.nn.Parameter]:
-        net, m = self.policy.denoiser, self.cfg.model
-        if m.lora:
-            from peft import LoraConfig
-
-            lora = LoraConfig(r=m.lora_rank, lora_alpha=m.lora_alpha, init_lora_weights="gaussian",
-                              target_modules=self.policy.lora_target_modules())
-            with torch.random.fork_rng(devices=[]):  # LoRA A init is random: seed it, leave the global RNG alone
-                torch.manual_seed(self.cfg.run.seed)
-                net.add_adapter(lora)
-            self._frozen_reference = None
-        else:
-            needed = algorithm_class(self.cfg.train.algorithm).needs_reference(self.cfg)
-            self._frozen_reference = copy.deepcopy(net).requires_grad_(False) if needed else None
-            net.requires_grad_(True)
-        if m.gradient_checkpointing:
-            if not getattr(net, "_supports_gradient_checkpointing", False):
-                raise ModelError(f"model.gradient_checkpointing: {type(net).__name__} does not support it")
-            net.enable_gradient_checkpointing()  # non-reentrant torch.utils.checkpoint per block
-        net.train()
-        params = [p for p in net.parameters() if p.requires_grad]
-        if not params:
-            raise ModelError("no trainable parameters: LoRA found no target modules in the denoiser")
-        return params
 
     @contextlib.contextmanager
     def reference(self):
@@ -340,18 +315,12 @@ class Trainer:
             line = memory_estimate(self).line()
             if self.is_main:
                 print(line)
-        self.log = self._open_log(resume) if self.is_main else None
+        self.log = open_log(self.run_dir, cfg, self.epoch, resume) if self.is_main else None
         try:
             return self._train()
         finally:
             if self.log is not None:
                 self.log.close()
-
-    def _open_log(self, resume: bool) -> MetricsLog:
-        names = parse_report_to(self.cfg.run.report_to)
-        external = [n for n in names if n != "tensorboard"]
-        trackers = Trackers(external, self.run_dir, self.cfg.to_dict(), resume) if external else None
-        return MetricsLog(self.run_dir, self.epoch, tensorboard="tensorboard" in names, trackers=trackers)
 
     def _log_image(self, name: str, step: int) -> None:
         path = self.run_dir / "grids" / f"{name}.png"

@@ -81,7 +81,7 @@ def activation_bytes_per_sample(tr) -> int:
     """One forward with gradients on one sample, counting what autograd keeps for backward."""
     from ..models.policy import guided_prediction
 
-    policy, cfg = tr.policy, tr.cfg
+    policy = tr.policy
     param_ptrs = {local(p).data_ptr() for m in _modules(policy) for p in m.parameters()}
     saved: dict[int, int] = {}
 
@@ -90,7 +90,7 @@ def activation_bytes_per_sample(tr) -> int:
             saved[t.data_ptr()] = max(saved.get(t.data_ptr(), 0), t.numel() * t.element_size())
         return t
 
-    x = torch.randn(1, *policy.latent_shape, device=policy.device)
+    x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0)).to(policy.device)
     t = tr.sampler.model_time(torch.zeros(1, dtype=torch.long)).to(policy.device)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), tr.accelerator.autocast():
         out = guided_prediction(policy, x, t, tr.cond_table[:1], tr.uncond, 1.0)

@@ -34,6 +34,16 @@ def missing_packages(names: list[str]) -> list[str]:
     return [TRACKERS[n] for n in names if importlib.util.find_spec(TRACKERS[n]) is None]
 
 
+def open_log(run_dir: Path, cfg, start_epoch: int, resume: bool):
+    """The run's MetricsLog, writing to the trackers of `run.report_to`."""
+    from .metrics import MetricsLog
+
+    names = parse_report_to(cfg.run.report_to)
+    external = [n for n in names if n != "tensorboard"]
+    trackers = Trackers(external, run_dir, cfg.to_dict(), resume) if external else None
+    return MetricsLog(run_dir, start_epoch, tensorboard="tensorboard" in names, trackers=trackers)
+
+
 class Trackers:
     """The external trackers of one run (main process only)."""
 
