@@ -147,7 +147,7 @@ def server_cases() -> list[tuple[str, int]]:
     from PIL import Image
 
     from ddrl.rewards import get_reward
-    from ddrl.rewards.server import RewardServer
+    from ddrl.rewards.serve import RewardServer
 
     srv = RewardServer(get_reward("jpeg-compressibility"), "127.0.0.1", 0, quiet=True, max_pixels=4_000_000)
     threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -340,19 +340,19 @@ def test_the_server_answers_every_client_problem_with_a_4xx_and_the_client_does_
             assert got == status and message in answer["error"], (status, answer)
         assert calls["n"] == 0  # nothing reached the reward
         requests = {"n": 0}
-        handle = srv.RequestHandlerClass.do_POST
+        handle = srv.app._score
 
-        def counted(self):
+        async def counted(scope, receive):
             requests["n"] += 1
-            return handle(self)
-        srv.RequestHandlerClass.do_POST = counted
+            return await handle(scope, receive)
+        srv.app._score = counted
         try:
             remote = get_reward(f"remote:{srv.url}(retries=3, backoff=0.01)")
             with pytest.raises(RewardError, match="HTTP 400.*non-finite"):
                 remote(torch.from_numpy(nan), prompts, [{}, {}])
             assert requests["n"] == 1  # a 4xx is not retried
         finally:
-            srv.RequestHandlerClass.do_POST = handle
+            srv.app._score = handle
 
 
 def test_score_refuses_non_finite_images_locally():

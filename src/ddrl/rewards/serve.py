@@ -207,8 +207,9 @@ class RewardServer:
             raise
         self.socket.listen(2048)
         self.server_address = self.socket.getsockname()
+        self.app = RewardApp(self)
         self.uvicorn = uvicorn.Server(uvicorn.Config(
-            RewardApp(self), lifespan="off", log_level="warning" if quiet else "info", access_log=not quiet,
+            self.app, lifespan="off", log_level="warning" if quiet else "info", access_log=not quiet,
             timeout_keep_alive=30, http="h11"))
         self._stopped = threading.Event()
         self.reward = reward
