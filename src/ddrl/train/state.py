@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from .checkpoint import (DamagedCheckpoint, list_checkpoints, load_checkpoint, load_optimizer, optimizer_tensors,
                          save_checkpoint)
 from .export import save_lora
-from .sharding import full, full_state, like, shard_optimizer_state
 from .resume import run_config_text
+from .sharding import full, full_state, like, shard_optimizer_state
 
 
 def _save_tensors(tensors: dict, name: str):
@@ -27,6 +27,8 @@ def save_trainer(tr, epoch: int) -> None:
     opt_state = optimizer_tensors(tr.optimizer, full)
     ema = full_state(tr.ema) if tr.ema is not None else None
     lora = tr.lora_layers() if tr.cfg.model.lora else None
+    tensors, values = tr.algorithm.state_dict()
+    tensors = full_state(tensors)  # NFT's old policy, online DPO's reference: copies of the weights
     if tr.is_main:
         # a copy of the run's config, to name what changed if config.yaml is edited or damaged
         extra = {"config": lambda d: (d / "config.yaml").write_text(run_config_text(tr.cfg))}
@@ -34,9 +36,8 @@ def save_trainer(tr, epoch: int) -> None:
             extra["lora"] = lambda d: save_lora(tr.policy, d, lora)
         if ema is not None:
             extra["ema"] = _save_tensors(ema, "ema.safetensors")
-        tensors, values = tr.algorithm.state_dict()
         if tensors:
-            extra["algorithm"] = _save_tensors(full_state(tensors), "algorithm.safetensors")
+            extra["algorithm"] = _save_tensors(tensors, "algorithm.safetensors")
         save_checkpoint(tr.run_dir / "checkpoints", epoch, weights, opt_state,
                         {"optimizer_steps": tr.optimizer_steps, "algorithm": values}, extra,
                         keep=tr.cfg.run.keep_checkpoints)
@@ -64,6 +65,9 @@ def load_trainer(tr, path: Path) -> None:
         tr.ema = {k: like(v, params[k]) for k, v in load_file(str(path / "ema.safetensors")).items()}
     algo_file = path / "algorithm.safetensors"
     tensors = load_file(str(algo_file)) if algo_file.exists() else {}
+    # an algorithm's copies of the weights ("old.NAME", "reference.NAME") sharded as NAME under FSDP
+    tensors = {k: like(v, params[k.partition(".")[2]]) if k.partition(".")[2] in params else v
+               for k, v in tensors.items()}
     tr.algorithm.load_state_dict(tensors, state["algorithm"])
 
 
