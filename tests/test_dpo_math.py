@@ -111,6 +111,7 @@ class _EpsPolicy:
         self.net = torch.nn.Linear(8, 8, dtype=torch.float64)
         with torch.no_grad():
             self.net.weight.copy_(torch.eye(8, dtype=torch.float64) + 0.1 * torch.randn(8, 8, generator=g, dtype=torch.float64))
+            self.net.bias.copy_(0.1 * torch.randn(8, generator=g, dtype=torch.float64))  # not the global RNG's
         self.device = torch.device("cpu")
 
     def native(self, x_t, t):

@@ -130,8 +130,8 @@ def _flow_grpo(**overrides):
 
     return apply_overrides(Config(), {
         "model.name": "shapes-flow", "train.algorithm": "flow-grpo", "sample.sampler": "flow-sde",
-        "sample.num_steps": 6, "sample.images_per_prompt": 4, "train.advantages": "group", "sample.batch_size": 8,
-        "sample.num_batches_per_epoch": 2, "train.batch_size": 8, "train.timesteps_per_forward": 3,
+        "sample.num_steps": 4, "sample.images_per_prompt": 4, "train.advantages": "group", "sample.batch_size": 4,
+        "sample.num_batches_per_epoch": 2, "train.batch_size": 4, "train.timesteps_per_forward": 3,
         "train.single_pass": False, "run.mixed_precision": "bf16"} | overrides)
 
 
