@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..config import flatten
 
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "mlflow": "mlflow"}
+TRACKERS = ("tensorboard", "wandb", "trackio", "mlflow")  # each also the name of its Python package
 
 
 def parse_report_to(value: str) -> list[str]:
@@ -31,7 +31,7 @@ def parse_report_to(value: str) -> list[str]:
 
 
 def missing_packages(names: list[str]) -> list[str]:
-    return [TRACKERS[n] for n in names if importlib.util.find_spec(TRACKERS[n]) is None]
+    return [n for n in names if importlib.util.find_spec(n) is None]
 
 
 def open_log(run_dir: Path, cfg, start_epoch: int, resume: bool):
@@ -45,7 +45,7 @@ def open_log(run_dir: Path, cfg, start_epoch: int, resume: bool):
 
 
 class Trackers:
-    """The external trackers of one run (main process only)."""
+    """The trackers of one run other than TensorBoard (main process only)."""
 
     def __init__(self, names: list[str], run_dir: Path, config: dict, resume: bool):
         from accelerate.tracking import LOGGER_TYPE_TO_CLASS
@@ -53,8 +53,6 @@ class Trackers:
         self.trackers = []
         name = run_dir.name
         for n in names:
-            if n == "tensorboard":
-                continue
             if n == "wandb":
                 # a stable id per run folder, so --resume continues the same W&B run
                 kwargs = {"dir": str(run_dir), "id": _safe_id(run_dir), "resume": "allow", "name": name}
