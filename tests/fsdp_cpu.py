@@ -6,7 +6,8 @@ accelerate builds its FSDP2 setup only for accelerator devices: on a CPU-only ma
 `accelerate launch --use_fsdp` gives DistributedType.NO (each process alone) and `--cpu` gives
 MULTI_CPU (data parallel). So this stands in for accelerate's `prepare(model, optimizer)` with
 the same engine, applied as accelerate's transformer-based auto-wrap policy does (each block, then
-the root); everything else is ddrl's code under sharding.
+the root; the blocks of examples/accelerate/fsdp2.yaml, and JointTransformerBlock for SD3);
+everything else is ddrl's code under sharding.
 """
 
 import sys
@@ -15,14 +16,14 @@ import torch
 
 
 def shard_on_cpu(accelerator, net, optimizer):
-    from diffusers.models.attention import BasicTransformerBlock
+    from diffusers.models.attention import BasicTransformerBlock, JointTransformerBlock
     from diffusers.models.resnet import ResnetBlock2D
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh("cpu", (accelerator.num_processes,))
     for m in list(net.modules()):
-        if isinstance(m, (BasicTransformerBlock, ResnetBlock2D)):
+        if isinstance(m, (BasicTransformerBlock, JointTransformerBlock, ResnetBlock2D)):
             fully_shard(m, mesh=mesh)
     fully_shard(net, mesh=mesh)
     params = [p for p in net.parameters() if p.requires_grad]

@@ -184,3 +184,24 @@ def test_fsdp_run_resumes_where_it_stopped(tiny_sd_folder, tmp_path):
         assert torch.equal(a[k], b[k]), k
     a, b = (load_file(str(r / "checkpoints/epoch_000002/ema.safetensors")) for r in (full, part))
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow  # about 90 s
+def test_fsdp_nft_resumes_with_its_old_policy(tiny_sd3_folder, tmp_path):
+    """DiffusionNFT on an SD3 transformer under FSDP2: its old (sampling) policy is a copy of the
+    sharded weights, gathered into the checkpoint and re-sharded on resume; the resumed run ends
+    where the uninterrupted one does, weights and old policy bit for bit."""
+    args = {"model.name": str(tiny_sd3_folder), "reward.name": "jpeg-incompressibility", "sample.num-steps": 4,
+            "sample.batch-size": 4, "sample.num-batches-per-epoch": 1, "sample.images-per-prompt": 2,
+            "train.batch-size": 2, "eval.max-prompts": 1, "eval.grid-every": 0, "run.epochs": 2}
+
+    def cli(run, **extra):
+        return ["train", "shapes-nft"] + [x for k, v in (args | extra | {"run.output-dir": str(run)}).items()
+                                          for x in (f"--{k}", str(v))]
+    full, part = tmp_path / "full", tmp_path / "part"
+    for cmd in (cli(full), cli(part, **{"run.epochs": 1}), ["train", "--resume", str(part), "--run.epochs", "2"]):
+        out = _launch_fsdp(cmd)
+        assert out.returncode == 0, out.stderr[-3000:]
+    for name in ("trainable", "algorithm"):
+        a, b = (load_file(str(r / f"checkpoints/epoch_000002/{name}.safetensors")) for r in (full, part))
+        assert set(a) == set(b) and a and all(torch.equal(a[k], b[k]) for k in a), name
