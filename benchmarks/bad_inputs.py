@@ -64,7 +64,7 @@ def cases(w: Path) -> list[tuple[str, str, list[str], str]]:
     for name, lines in rows.items():
         (w / name).write_text("".join(json.dumps(row) + "\n" for row in lines))
     run = w / "run"
-    cfg = ["train", *TINY]
+    cfg = ["train", "shapes-alignment", *TINY]
     numbers = [("train.learning-rate", "inf"), ("train.learning-rate", "nan"), ("train.learning-rate", "-1"),
                ("sample.guidance-scale", "nan"), ("sample.guidance-scale", "0.5"), ("sample.guidance-scale", "inf"),
                ("sample.eta", "nan"), ("sample.eta", "2"), ("train.clip-range", "inf"), ("train.kl-coef", "-1"),
@@ -195,7 +195,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         w = Path(tmp)
         run = w / "run"
-        rc, err, s = ddrl("train", *TINY, "--run.epochs", "2", "--reward.name", "jpeg-compressibility",
+        rc, err, s = ddrl("train", "shapes-alignment", *TINY, "--run.epochs", "2",
+                          "--reward.name", "jpeg-compressibility",
                           "--run.output-dir", str(run), cwd=w)
         assert rc == 0, err[-2000:]
         busy = socket.socket()

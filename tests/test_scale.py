@@ -227,3 +227,23 @@ def test_deepspeed_and_fsdp1_are_refused_with_the_reason():
         is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=False))
     assert is_sharded(SimpleNamespace(distributed_type=DistributedType.FSDP, is_fsdp2=True))
     assert not is_sharded(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
+
+
+def test_memory_estimate_terms(tiny_sd_folder, tmp_path):
+    """The estimate's terms are what docs/scale.md says: gradients 4 bytes and AdamW state 8 bytes
+    per trainable parameter, weights the pipeline's parameters and buffers; the activation probe
+    counts less under gradient checkpointing, which adds the recomputed unit instead."""
+    from ddrl.train.memory import estimate
+
+    est = {}
+    for ckpt in (False, True):
+        tr = Trainer(tiny_config(tiny_sd_folder, **{"model.gradient_checkpointing": ckpt}), tmp_path / str(ckpt))
+        est[ckpt] = estimate(tr)
+    n = sum(p.numel() for p in tr.params)
+    e = est[True]
+    assert (e.gradients, e.optimizer, e.ema) == (4 * n, 8 * n, 0)
+    modules = [m for m in tr.policy.pipe.components.values() if isinstance(m, torch.nn.Module)]
+    assert e.weights == sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
+    assert est[False].recomputed_per_sample == 0 < e.recomputed_per_sample
+    assert e.activations_per_sample < 0.6 * est[False].activations_per_sample
+    assert e.samples_per_forward == tr.cfg.train.batch_size * (2 if tr.cfg.sample.guidance_scale > 1 else 1)

@@ -12,6 +12,8 @@
                  pass that are not parameters (under the run's autocast and gradient
                  checkpointing), times the samples of one training forward: train.batch_size x
                  train.timesteps_per_forward, doubled when the update re-scores with guidance.
+                 Under gradient checkpointing the largest checkpointed unit's own activations are
+                 added: its recomputation holds them during the backward pass.
 
 The sum is what the update step holds at its peak; sampling without gradients needs less.
 benchmarks/memory_estimate.py checks it against measured peak memory on the CPU.
@@ -37,10 +39,11 @@ class MemoryEstimate:
     ema: int
     activations_per_sample: int
     samples_per_forward: int
+    recomputed_per_sample: int = 0
 
     @property
     def activations(self) -> int:
-        return self.activations_per_sample * self.samples_per_forward
+        return (self.activations_per_sample + self.recomputed_per_sample) * self.samples_per_forward
 
     @property
     def total(self) -> int:
@@ -53,7 +56,9 @@ class MemoryEstimate:
         return (f"memory estimate per process: {f(self.total)} = weights {f(self.weights)} + gradients "
                 f"{f(self.gradients)} + optimizer state {f(self.optimizer)}"
                 + (f" + EMA {f(self.ema)}" if self.ema else "")
-                + f" + activations {f(self.activations_per_sample)} per sample x {self.samples_per_forward} per forward")
+                + f" + activations {f(self.activations_per_sample)} per sample"
+                + (f" (+ {f(self.recomputed_per_sample)} recomputed by checkpointing)" if self.recomputed_per_sample else "")
+                + f" x {self.samples_per_forward} per forward")
 
 
 def module_bytes(modules) -> int:
@@ -77,25 +82,64 @@ def optimizer_bytes(params: list[torch.Tensor], kind: str) -> int:
     return 8 * sum(p.numel() for p in params)
 
 
-def activation_bytes_per_sample(tr) -> int:
-    """One forward with gradients on one sample, counting what autograd keeps for backward."""
+class _Saved:
+    """Bytes of the distinct non-parameter tensors autograd saves for backward while active."""
+
+    def __init__(self, param_ptrs: set[int]):
+        self.param_ptrs, self.saved = param_ptrs, {}
+
+    def pack(self, t: torch.Tensor):
+        if t.data_ptr() not in self.param_ptrs:
+            self.saved[t.data_ptr()] = max(self.saved.get(t.data_ptr(), 0), t.numel() * t.element_size())
+        return t
+
+    def __enter__(self):
+        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
+        self.ctx.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.ctx.__exit__(*exc)
+
+    @property
+    def total(self) -> int:
+        return sum(self.saved.values())
+
+
+def activation_bytes_per_sample(tr) -> tuple[int, int]:
+    """(kept, recomputed): one forward with gradients on one sample, counting what autograd keeps
+    for the backward pass; and, under gradient checkpointing, the largest checkpointed unit's own
+    activations, which its recomputation holds during the backward pass (each unit is run once
+    more without checkpointing to count them)."""
     from ..models.policy import guided_prediction
 
     policy = tr.policy
     param_ptrs = {local(p).data_ptr() for m in _modules(policy) for p in m.parameters()}
-    saved: dict[int, int] = {}
+    recomputed = [0]
+    patched = [m for m in policy.denoiser.modules() if getattr(m, "gradient_checkpointing", False)
+               and hasattr(m, "_gradient_checkpointing_func")]
 
-    def pack(t: torch.Tensor):
-        if t.data_ptr() not in param_ptrs:
-            saved[t.data_ptr()] = max(saved.get(t.data_ptr(), 0), t.numel() * t.element_size())
-        return t
+    def counting(checkpointed):
+        def call(unit, *args):
+            with _Saved(param_ptrs) as inner:
+                unit(*args)
+            recomputed[0] = max(recomputed[0], inner.total)
+            return checkpointed(unit, *args)
+        return call
 
+    originals = [m._gradient_checkpointing_func for m in patched]
+    for m, f in zip(patched, originals):
+        m._gradient_checkpointing_func = counting(f)
     x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0)).to(policy.device)
     t = tr.sampler.model_time(torch.zeros(1, dtype=torch.long)).to(policy.device)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), tr.accelerator.autocast():
-        out = guided_prediction(policy, x, t, tr.cond_table[:1], tr.uncond, 1.0)
-    del out
-    return sum(saved.values())
+    try:
+        with _Saved(param_ptrs) as kept, tr.accelerator.autocast():
+            out = guided_prediction(policy, x, t, tr.cond_table[:1], tr.uncond, 1.0)
+        del out
+    finally:
+        for m, f in zip(patched, originals):
+            m._gradient_checkpointing_func = f
+    return kept.total, recomputed[0]
 
 
 def _modules(policy) -> list[torch.nn.Module]:
@@ -112,7 +156,8 @@ def estimate(tr) -> MemoryEstimate:
     shards = [local(p.detach()) for p in tr.params]
     n = sum(p.numel() for p in shards)
     guided = t.rescore_with_guidance and uses_guidance(cfg.sample.guidance_scale)
+    kept, recomputed = activation_bytes_per_sample(tr)
     return MemoryEstimate(
         weights=weights, gradients=4 * n, optimizer=optimizer_bytes(shards, t.optimizer),
-        ema=4 * n if t.ema_decay > 0 else 0, activations_per_sample=activation_bytes_per_sample(tr),
+        ema=4 * n if t.ema_decay > 0 else 0, activations_per_sample=kept, recomputed_per_sample=recomputed,
         samples_per_forward=t.batch_size * t.timesteps_per_forward * (2 if guided else 1))
