@@ -11,11 +11,9 @@ counts live tensors. A thread reads the resident set (/proc/self/statm) every 2 
   models it is dominated by code the load imports (about 170 MiB), so it checks nothing; the
   weights term is the exact sum of parameter and buffer bytes.
 
-Without gradient checkpointing the estimate is within 7-15% of the measured peak. With it, the
-measured peak is about twice the estimate: the estimate counts what the forward keeps for the
-backward pass, and the recomputation of one checkpointed block (with the gradients of its
-activations) is transient memory it does not count; on these tiny networks one block is a large
-share of the whole.
+The estimate is 7-15% below the measured peak without gradient checkpointing, 9-30% below with
+it (where it adds the largest checkpointed unit's recomputed activations); what remains is mostly
+the gradients of activations in the backward pass, which it does not count.
 
     python benchmarks/memory_estimate.py   # writes benchmarks/results/memory_estimate.md
 """
