@@ -84,6 +84,8 @@ def test_register_errors():
         ddrl.register_reward("mine", 3)
     with pytest.raises(ConfigError, match="non-empty prompt strings"):
         ddrl.register_prompts("empty", [])
+    with pytest.raises(ConfigError, match=r"must return \(prompt, metadata dict\).*'a red circle'"):
+        ddrl.register_prompts("bare", lambda: "a red circle")
     from ddrl.config_checks import validate
 
     with pytest.raises(ConfigError, match="no prompt set 'nope' was registered"):

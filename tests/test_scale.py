@@ -3,7 +3,6 @@ held for backward), 8-bit AdamW, and the log-prob gap under bf16 autocast."""
 
 import contextlib
 import importlib.util
-import math
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -12,37 +11,18 @@ import torch
 from ddrl.config import ConfigError
 from ddrl.config_checks import validate
 from ddrl.train.loop import Trainer
+from ddrl.train.memory import SavedTensors
 
 from test_train import tiny_config
-
-
-class SavedBytes:
-    """Bytes of the tensors autograd keeps for the backward pass, counted as they are saved. Under
-    non-reentrant checkpointing the blocks' own activations are saved only during recomputation,
-    inside the backward pass, so they are not counted: what remains is what a forward holds."""
-
-    def __init__(self):
-        self.total = 0
-
-    def pack(self, t):
-        self.total += t.numel() * t.element_size()
-        return t
-
-    def __enter__(self):
-        self.ctx = torch.autograd.graph.saved_tensors_hooks(self.pack, lambda t: t)
-        self.ctx.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.ctx.__exit__(*exc)
 
 
 @pytest.mark.parametrize("model,lora", [("sd", True), ("sd", False), ("sd3", True)])
 def test_gradient_checkpointing_same_gradient_less_memory(model, lora, tiny_sd_folder, tiny_sd3_folder, tmp_path,
                                                           epoch_gradient):
     """Recomputing each block in the backward pass runs the same float ops in the same order on the
-    CPU, so the epoch's gradient is equal bit for bit; what autograd holds shrinks to the blocks'
-    inputs."""
+    CPU, so the epoch's gradient is equal bit for bit; what autograd holds for the backward pass
+    (ddrl.train.memory.SavedTensors: under non-reentrant checkpointing a block's own activations
+    are saved only while it is recomputed, inside the backward pass) shrinks to the blocks' inputs."""
     folder = tiny_sd_folder if model == "sd" else tiny_sd3_folder
     extra = {} if model == "sd" else {"sample.sampler": "flow-sde", "train.algorithm": "flow-grpo",
                                       "sample.images_per_prompt": 2, "train.advantages": "group"}
@@ -52,7 +32,7 @@ def test_gradient_checkpointing_same_gradient_less_memory(model, lora, tiny_sd_f
                                               "train.single_pass": False})
         tr = Trainer(cfg, tmp_path / str(ckpt))
         assert tr.policy.denoiser.is_gradient_checkpointing == ckpt
-        with SavedBytes() as counter:
+        with SavedTensors() as counter:
             grads[ckpt], _ = epoch_gradient(tr)
         saved[ckpt] = counter.total
     for a, b in zip(grads[False], grads[True]):
@@ -145,7 +125,6 @@ def test_bf16_rescoring_gap_and_first_ratio(bf16_accelerator, tmp_path):
     tr = Trainer(_flow_grpo(), tmp_path, accelerator=bf16_accelerator)
     m = tr.run_epoch(0, ThreadPoolExecutor(1))
     assert m["train/logprob_gap"] <= 1e-4
-    assert abs(math.expm1(m["train/logprob_gap"])) <= 1e-4 * 1.0001
 
 
 def test_bf16_logprob_error_is_the_networks_only(bf16_accelerator, tmp_path):
@@ -189,7 +168,6 @@ def test_bf16_logprob_error_is_the_networks_only(bf16_accelerator, tmp_path):
             assert float(d.abs().max()) > 0  # bf16 did change the network's output
             torch.testing.assert_close(gap, exact, rtol=1e-3, atol=1e-6)
             assert bool((gap.abs() <= bound * (1 + 1e-4)).all())
-            print(j, gap.abs().max().item(), bound.max().item())
 
 
 @pytest.mark.parametrize("config", ["fsdp2.yaml", "fsdp2-multinode.yaml"])

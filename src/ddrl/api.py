@@ -108,6 +108,10 @@ def register_prompts(name: str, prompts: PromptRecords | Callable[[], tuple[str,
             drawn = [prompts() for _ in range(draws)]
         finally:
             random.setstate(state)
+        bad = next((d for d in drawn if not (isinstance(d, tuple) and len(d) == 2 and isinstance(d[1], dict))), None)
+        if bad is not None:
+            raise ConfigError(f"prompts {name!r}: a prompt function must return (prompt, metadata dict), as TRL's "
+                              f"prompt_fn; it returned {bad!r:.80}")
         records = list({p: (p, m) for p, m in drawn}.values())
     else:
         records = [(p, {}) if isinstance(p, str) else (p[0], dict(p[1])) for p in prompts]

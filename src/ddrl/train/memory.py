@@ -82,10 +82,11 @@ def optimizer_bytes(params: list[torch.Tensor], kind: str) -> int:
     return 8 * sum(p.numel() for p in params)
 
 
-class _Saved:
-    """Bytes of the distinct non-parameter tensors autograd saves for backward while active."""
+class SavedTensors:
+    """Bytes of the distinct tensors autograd saves for backward while active, those sharing
+    storage with `param_ptrs` (parameters) excluded."""
 
-    def __init__(self, param_ptrs: set[int]):
+    def __init__(self, param_ptrs: set[int] = frozenset()):
         self.param_ptrs, self.saved = param_ptrs, {}
 
     def pack(self, t: torch.Tensor):
@@ -121,7 +122,7 @@ def activation_bytes_per_sample(tr) -> tuple[int, int]:
 
     def counting(checkpointed):
         def call(unit, *args):
-            with _Saved(param_ptrs) as inner:
+            with SavedTensors(param_ptrs) as inner:
                 unit(*args)
             recomputed[0] = max(recomputed[0], inner.total)
             return checkpointed(unit, *args)
@@ -133,7 +134,7 @@ def activation_bytes_per_sample(tr) -> tuple[int, int]:
     x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0)).to(policy.device)
     t = tr.sampler.model_time(torch.zeros(1, dtype=torch.long)).to(policy.device)
     try:
-        with _Saved(param_ptrs) as kept, tr.accelerator.autocast():
+        with SavedTensors(param_ptrs) as kept, tr.accelerator.autocast():
             out = guided_prediction(policy, x, t, tr.cond_table[:1], tr.uncond, 1.0)
         del out
     finally:
