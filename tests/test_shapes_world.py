@@ -58,6 +58,18 @@ def test_split_is_disjoint_and_held_out_combinations_never_occur_in_training():
     assert set(vocabulary()) == {w for p in train for w in p.split()}
 
 
+def test_a_shapes_source_can_keep_only_some_categories():
+    from ddrl.prompts import load_prompt_records
+
+    colour = [p for p, _ in load_prompt_records("shapes:train:color_attr")]
+    assert colour == [p for p in split("train") if parse_prompt(p).category == "color_attr"] and len(colour) == 78
+    both = [p for p, _ in load_prompt_records("shapes:heldout:single_object,counting")]
+    assert {parse_prompt(p).category for p in both} == {"single_object", "counting"}
+    assert set(both) <= set(split("heldout"))
+    with pytest.raises(ValueError, match="unknown categories"):
+        load_prompt_records("shapes:train:colour")
+
+
 def test_verifier_is_right_on_fresh_ground_truth_for_every_category():
     """>= 0.97 accuracy and mean partial score per category on images the pretraining data
     never used (render seeds far above the dataset's)."""

@@ -57,8 +57,9 @@ class ModelConfig:
 @dataclass(frozen=True)
 class PromptConfig:
     source: str = "shapes:train"
-    """training prompts: shapes:train|heldout|all, animals, animal-activities, file:PATH (one
-    prompt per line, or JSONL with metadata), or python:NAME (ddrl.register_prompts)"""
+    """training prompts: shapes:train|heldout|all, optionally of some categories
+    (shapes:train:color_attr,position), animals, animal-activities, file:PATH (one prompt per
+    line, or JSONL with metadata), or python:NAME (ddrl.register_prompts)"""
     eval_source: str = "shapes:heldout"
     """held-out prompts for the before/after evaluation (same syntax)"""
 

@@ -137,9 +137,16 @@ def _check_prompt_source(key: str, src: str) -> None:
         if src[7:] not in PYTHON_SOURCES:
             raise ConfigError(f"{key} {src!r}: no prompt set {src[7:]!r} was registered in this process "
                               "(ddrl.register_prompts)")
-    elif src not in ("shapes:train", "shapes:heldout", "shapes:all", "animals", "animal-activities"):
+    elif src.startswith("shapes:"):
+        from .worlds.shapes.prompts import source_split
+
+        try:
+            source_split(src)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    elif src not in ("animals", "animal-activities"):
         raise ConfigError(f"{key} {src!r} is not a prompt source; use shapes:train, shapes:heldout, "
-                          "shapes:all, animals, animal-activities, file:PATH or python:NAME")
+                          "shapes:all (optionally :CATEGORY,...), animals, animal-activities, file:PATH or python:NAME")
 
 
 def check_model_kind(cfg: Config, prediction: str) -> None:

@@ -31,13 +31,13 @@ def animal_activities() -> list[str]:
 
 
 def load_prompt_records(source: str) -> list[tuple[str, dict]]:
-    """(prompt, metadata) pairs from shapes:train|heldout|all, animals, animal-activities,
+    """(prompt, metadata) pairs from shapes:train|heldout|all[:CATEGORIES], animals, animal-activities,
     file:PATH.txt (one prompt per non-empty line) or file:PATH.jsonl (objects with "prompt"; the
     other keys are metadata)."""
     if source.startswith("shapes:"):
-        from .worlds.shapes import split
+        from .worlds.shapes.prompts import source_split
 
-        return [(p, {}) for p in split(source.split(":", 1)[1])]
+        return [(p, {}) for p in source_split(source)]
     if source.startswith("python:"):
         if source[7:] not in PYTHON_SOURCES:
             raise ValueError(f"prompt source {source!r} is not registered in this process (ddrl.register_prompts)")
@@ -65,7 +65,7 @@ def load_prompt_records(source: str) -> list[tuple[str, dict]]:
                 raise ValueError(f"{path}:{n}: \"prompt\" must be non-empty text, got {prompt!r}")
             records.append((prompt.strip(), row))
         return records
-    raise ValueError(f"unknown prompt source {source!r}; expected shapes:train|heldout|all, animals, "
+    raise ValueError(f"unknown prompt source {source!r}; expected shapes:train|heldout|all[:CATEGORIES], animals, "
                      "animal-activities, file:PATH, or python:NAME")
 
 

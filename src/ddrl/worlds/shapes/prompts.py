@@ -153,14 +153,27 @@ def is_held_out(spec: PromptSpec) -> bool:
     return any((x.color, x.shape) in HELD_OUT_COLOR_SHAPE for x in o)
 
 
-def split(name: str) -> list[str]:
-    """The fixed prompt split: 'train', 'heldout' or 'all'."""
+def split(name: str, categories: tuple[str, ...] = ()) -> list[str]:
+    """The fixed prompt split: 'train', 'heldout' or 'all', optionally only some categories."""
     if name not in ("train", "heldout", "all"):
         raise ValueError(f"unknown split {name!r}; expected 'train', 'heldout' or 'all'")
+    unknown = [c for c in categories if c not in CATEGORIES]
+    if unknown:
+        raise ValueError(f"unknown categories {unknown}; expected some of {', '.join(CATEGORIES)}")
     specs = all_specs()
     if name != "all":
         specs = [s for s in specs if is_held_out(s) == (name == "heldout")]
-    return [format_prompt(s) for s in specs]
+    return [format_prompt(s) for s in specs if not categories or s.category in categories]
+
+
+def source_split(source: str) -> list[str]:
+    """The prompts of a source `shapes:SPLIT` or `shapes:SPLIT:CATEGORY[,CATEGORY...]`, e.g.
+    shapes:train:color_attr for the training prompts of colour attribution only."""
+    parts = source.split(":")
+    if parts[0] != "shapes" or len(parts) not in (2, 3):
+        raise ValueError(f"{source!r} is not a shapes prompt source; expected shapes:SPLIT or "
+                         "shapes:SPLIT:CATEGORY[,CATEGORY...]")
+    return split(parts[1], tuple(parts[2].split(",")) if len(parts) == 3 else ())
 
 
 def category_of(prompt: str) -> str:
