@@ -181,6 +181,23 @@ def is_done(r: Run) -> bool:
         return False
 
 
+def stale_settings(r: Run) -> list[str]:
+    """The settings in which a started run's config.yaml differs from what its preset and
+    overrides give now (the run's name hashes the overrides, not the preset's own settings, so a
+    changed preset keeps the name). Settings that one side lacks (added to ddrl later) and the
+    output folder are not compared."""
+    import yaml
+
+    from ddrl.config import apply_overrides, dump_yaml, flatten
+    from ddrl.presets import preset_config
+
+    if not (RUNS / r.name / "config.yaml").exists():
+        return []
+    now = apply_overrides(preset_config(r.preset), dict(r.overrides) | {"run.seed": r.seed})
+    want, have = flatten(yaml.safe_load(dump_yaml(now))), flatten(run_config(r))
+    return sorted(k for k in want.keys() & have.keys() if k != "run.output_dir" and want[k] != have[k])
+
+
 def execute(r: Run, threads: int) -> int:
     d = RUNS / r.name
     resume = (d / "config.yaml").exists()
@@ -236,6 +253,12 @@ def run_experiments(names: list[str], jobs: int, threads: int | None) -> None:
         if not EXPERIMENTS[name].runs(summary):
             print(f"{name}: waits for another experiment (run lr-sweep first)")
             continue
+        if stale := {r.name: diff for runs in EXPERIMENTS[name].runs(summary).values() for r in runs
+                     if (diff := stale_settings(r))}:
+            for run_name, diff in stale.items():
+                print(f"{name}: {RUNS / run_name} was made with other settings ({', '.join(diff)}); its preset "
+                      "has changed since. Move the folder away to run it again.")
+            raise SystemExit(1)
         print(f"{name}: {len(todo)} run(s) to go", flush=True)
         with ThreadPoolExecutor(jobs) as pool:
             list(pool.map(lambda r: execute(r, threads), todo))
