@@ -69,9 +69,8 @@ _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts
 # trajectory), the 78 colour-attribution training prompts only (three quarters of the held-out
 # prompts are colour attribution; training on them also raised the held-out object categories
 # more than training on all categories did), 24 epochs (36 ended at +4 points instead of +9: the
-# gain peaks), and the evaluation on 8 images per
-# held-out prompt (440 images, 10 ODE steps) so its paired standard error is about 0.02; no
-# evaluation on training prompts.
+# gain peaks), and the evaluation on 8 images per held-out prompt (440 images, 10 ODE steps) so
+# its paired standard error is about 0.02; no evaluation on training prompts.
 _QUICK = _FLOW | {"train.algorithm": "pref-grpo", "sample.num_steps": 6, "model.lora": False,
                   "train.learning_rate": 1.5e-4, "prompts.source": "shapes:train:color_attr", "run.epochs": 24,
                   "eval.num_steps": 10, "eval.images_per_prompt": 8, "eval.train_images_per_prompt": 0,
