@@ -229,8 +229,9 @@ def section_generalisation(exp, summary, runs) -> list[str]:
     for k in keys:
         cells = []
         for split in ("train", "heldout"):
-            b = [s["before"][split][k] for s in rs if split in s["before"]]
-            a = [s["after"][split][k] for s in rs if split in s["after"]]
+            # a category the split does not have (the main job trains on colour attribution only)
+            b = [s["before"][split][k] for s in rs if k in s["before"].get(split, {})]
+            a = [s["after"][split][k] for s in rs if k in s["after"].get(split, {})]
             d = mean_se([y - x for x, y in zip(b, a)])
             cells += [f"{statistics.mean(b):.3f} → {statistics.mean(a):.3f}" if b else "…", fmt(*d) if b else "…"]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
