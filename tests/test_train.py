@@ -306,8 +306,9 @@ def test_ddpo_sf_takes_one_optimizer_step_per_epoch():
 
 # The main job's speed on a quiet 2-core CPU, measured by benchmarks/main_job.py
 # (benchmarks/results/main_job_run.md): seconds per epoch of 64 samples x 6 steps with full
-# fine-tuning (median 5.0), per evaluated image (10 ODE steps), and the model loading, grids and
-# report together; the last two rounded up from the 56 s the run spent outside its epochs.
+# fine-tuning (median 5.0 on the slower of the two machines measured, 2.5 on the other), per
+# evaluated image (10 ODE steps), and the model loading, grids and report together; the last two
+# rounded up from the 56 s the slower run spent outside its epochs.
 MAIN_JOB_EPOCH_S, MAIN_JOB_EVAL_IMAGE_S, MAIN_JOB_FIXED_S = 5.0, 0.05, 15.0
 
 
@@ -341,6 +342,23 @@ def test_the_report_headline_gives_the_paired_change_in_standard_errors():
     before["per_image"]["heldout"] = {"reward": [0.5, 0.7, 0.6, 0.6]}
     after["per_image"]["heldout"] = {"reward": [0.6, 0.8, 0.8, 0.6]}
     assert headline(before, after, "aesthetic").startswith("held-out aesthetic 0.600 → 0.700 (+0.100, 2.4 s.e.;")
+
+
+def test_the_report_gives_each_category_its_own_paired_standard_error(tmp_path):
+    """Colours, 4 images: correct 1,1,1,1 before and 1,0,1,0 after; differences 0,-1,0,-1 have
+    mean -1/2 and sample variance 4 (1/2)^2 / 3 = 1/3, so s.e. = sqrt(1/3 / 4) = 0.289. The
+    counting image alone has no s.e. (one difference), and the row says only its change."""
+    from ddrl.train.report import write_report
+
+    cats = ["colors"] * 4 + ["counting"]
+    before = {"heldout": {"accuracy/colors": 1.0, "accuracy/counting": 0.0},
+              "per_image": {"heldout": {"correct": [1, 1, 1, 1, 0], "category": cats}}}
+    after = {"heldout": {"accuracy/colors": 0.5, "accuracy/counting": 1.0},
+             "per_image": {"heldout": {"correct": [1, 0, 1, 0, 1], "category": cats}}}
+    text = write_report(tmp_path, "t", before, after, []).read_text()
+    assert "| heldout | accuracy/colors | 1.000 | 0.500 | -0.500 ± 0.289 |" in text
+    assert "| heldout | accuracy/counting | 0.000 | 1.000 | +1.000 ± nan |" not in text
+    assert "| heldout | accuracy/counting | 0.000 | 1.000 | +1.000 |" in text
 
 
 def test_animal_activities_are_every_animal_doing_each_of_the_papers_three_activities():

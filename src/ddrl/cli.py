@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="fine-tune a model with RL against a reward",
                        description="Fine-tune with DDPO-IS, DDPO-SF or RWR (diffusion models), or Flow-GRPO, "
                        "Pref-GRPO or DiffusionNFT (flow-matching models). With no arguments: Pref-GRPO fine-tuning "
-                       "the built-in shapes-flow model with the shapes verifier reward (about 3 minutes on a "
+                       "the built-in shapes-flow model with the shapes verifier reward (2 to 4 minutes on a "
                        "2-core CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
                        "`ddrl presets` lists the presets.")
     p.add_argument("preset", nargs="?", help="a preset name or a config.yaml (default: shapes-quick)")

@@ -16,14 +16,13 @@ from ..generate import generate
 from ..grid import image_grid
 from ..io import atomic_write, atomic_write_text
 from ..rewards import score
+from ..worlds.shapes import category_of
 
 EVAL_SEED = 1_000_000
 
 
 def _round_robin(prompts: list[str]) -> list[str]:
     """Shapes prompts interleaved by category, so a small grid shows every category."""
-    from ..worlds.shapes import category_of
-
     try:
         cats = [category_of(p) for p in prompts]
     except ValueError:
@@ -44,7 +43,7 @@ def _sample(tr, prompts: list[str], k: int, progress: bool):
 
 def evaluate(tr, tag: str) -> dict:
     """{split: {metric: value}} for the held-out and training prompts, and per_image: {split:
-    {"reward": [...], "correct": [...]}} in sampling order."""
+    {"reward": [...], "correct": [...], "category": [...]}} in sampling order."""
     out: dict = {}
     e = tr.cfg.eval
     for split, prompts, k in (("heldout", _round_robin(tr.eval_prompts), e.images_per_prompt),
@@ -61,6 +60,8 @@ def evaluate(tr, tag: str) -> dict:
         if "accuracy" in (summary := ev.summary()):
             out[split] |= {k: float(v) for k, v in summary.items()}
             per_image["correct"] = [float(c) if c is not None else None for c in ev.correct]
+            # the category of each image, so each category's change gets its own paired s.e.
+            per_image["category"] = [category_of(p) if c is not None else None for p, c in zip(ps, ev.correct)]
         out.setdefault("per_image", {})[split] = per_image
         if split == "heldout":
             _save_grid(tr, tag, images[:e.grid_size], ps[:e.grid_size], rewards[:e.grid_size], ev.correct[:e.grid_size])

@@ -25,6 +25,20 @@ def paired_change(before: list, after: list) -> tuple[float, float]:
     return mean, (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
 
 
+def _per_image(per_image: dict, metric: str) -> list | None:
+    """The per-image values behind a summary metric: the rewards, whether each image is correct
+    (accuracy_per_image), or that restricted to one category's images (accuracy/<category>)."""
+    if metric == "reward":
+        return per_image.get("reward")
+    correct = per_image.get("correct")
+    if metric == "accuracy_per_image":
+        return correct
+    if metric.startswith("accuracy/") and correct and "category" in per_image:
+        cat = metric.split("/", 1)[1]
+        return [c for c, k in zip(correct, per_image["category"]) if k == cat]
+    return None
+
+
 def headline(before: dict, after: dict, reward_name: str) -> str:
     """One line a person reads first: held-out per-image accuracy (the shapes verifier's verdict)
     before -> after, or the held-out reward when there is no verdict, with the paired change in
@@ -53,10 +67,9 @@ def write_report(run_dir: Path, title: str, before: dict, after: dict, notes: li
             if k == "n":
                 continue
             delta = f"{a - b:+.3f}" if isinstance(a, float) and isinstance(b, float) else ""
-            per_image = k if k == "reward" else "correct" if k == "accuracy_per_image" else None
-            pb, pa = (x.get("per_image", {}).get(split, {}).get(per_image) for x in (before, after))
-            if delta and pb and pa and len(pb) == len(pa):
-                delta += f" ± {paired_change(pb, pa)[1]:.3f}"
+            pb, pa = (_per_image(x.get("per_image", {}).get(split, {}), k) for x in (before, after))
+            if delta and pb and pa and len(pb) == len(pa) and (se := paired_change(pb, pa)[1]) == se:
+                delta += f" ± {se:.3f}"
             rows.append((split, k, _fmt(b), _fmt(a) if a is not None else "", delta))
     md = [f"# {title}", "", *([f"**{lead}**", ""] if lead else []), *notes, "", "| prompts | metric | before | after | change (± paired s.e.) |", "|---|---|---|---|---|"]
     md += [f"| {' | '.join(r)} |" for r in rows]
