@@ -111,7 +111,7 @@ def fig4_runs(task: str, summary: dict) -> dict[str, list[Run]]:
 # Flow family at equal reward queries: each flow preset for 30 epochs of 64 samples.
 FLOW = {"Flow-GRPO (SDE)": "shapes-flow-grpo", "Flow-GRPO (CPS)": "shapes-flow-grpo-cps",
         "Pref-GRPO": "shapes-pref-grpo", "DiffusionNFT": "shapes-nft"}
-FLOW_SEEDS = (0,)  # one seed so far: a CPU budget; add seeds here and rerun to extend
+FLOW_SEEDS = SEEDS
 FLOW_BUDGET = {"run__epochs": 30, "run__save_every": 5, "eval__images_per_prompt": 4,
                "eval__train_images_per_prompt": 0, "eval__num_steps": 10, "eval__grid_every": 0}
 
