@@ -2,16 +2,16 @@
 of the epoch to the network's own forward and backward passes timed in isolation; and the same
 epoch with TRL 0.23.1's DDPOTrainer (the last TRL with DDPO), when an environment with it exists.
 
-    python benchmarks/ddpo_epoch.py [--samples 16] [--steps 20] [--epochs 4] [--trl-python PATH]
+    python benchmarks/ddpo_epoch.py [--samples 16] [--steps 20] [--epochs 4] [--full] [--trl-python PATH]
 
-Settings match TRL's: LoRA r=4 on to_q/k/v/out, lr 3e-4, eta 1, guidance 5 (also in training),
-one inner epoch, one optimizer step per epoch over every step of every sample, batch-normalised
-advantages, JPEG compressibility. TRL runs from `--trl-python` (default: $DDRL_TRL_PYTHON),
-an interpreter whose environment has `trl[diffusers]==0.23.1`; it is skipped when absent.
-The first epoch of each is warm-up and left out of the medians. Every variant and TRL run in
-rounds, interleaved, and each figure is the best round's: a job that starts or stops on the same
-machine then distorts one round, not one contestant. A load average above the core count is
-reported before and after.
+Settings match TRL's: LoRA r=4 on to_q/k/v/out (`--full`: the whole UNet, in both), lr 3e-4,
+eta 1, guidance 5 (also in training), one inner epoch, one optimizer step per epoch over every
+step of every sample, batch-normalised advantages, JPEG compressibility. TRL runs from
+`--trl-python` (default: $DDRL_TRL_PYTHON), an interpreter whose environment has
+`trl[diffusers]==0.23.1`; it is skipped when absent. The first epoch of each is warm-up and left
+out of the medians. Every variant and TRL run in rounds, interleaved, and each figure is the best
+round's: a job that starts or stops on the same machine then distorts one round, not one
+contestant. A load average above the core count is reported before and after.
 """
 
 from __future__ import annotations
@@ -83,14 +83,15 @@ def median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows[1:] or rows)
 
 
-def run_trl(python: str, samples: int, steps: int, epochs: int) -> dict | None:
+def run_trl(python: str, samples: int, steps: int, epochs: int, full: bool) -> dict | None:
     from ddrl.worlds.shapes import split
 
     prompts = Path(tempfile.mkdtemp()) / "prompts.json"
     prompts.write_text(json.dumps(split("train")))
     script = Path(__file__).with_name("trl_ddpo_epoch.py")
     out = subprocess.run([python, str(script), str(builtin_path("shapes-sd")), str(prompts), "--epochs", str(epochs),
-                          "--samples", str(samples), "--steps", str(steps)], capture_output=True, text=True)
+                          "--samples", str(samples), "--steps", str(steps), *(["--full"] if full else [])],
+                         capture_output=True, text=True)
     if out.returncode != 0:
         print(f"TRL run failed:\n{out.stderr[-3000:]}")
         return None
@@ -111,6 +112,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=2,
                     help="rounds of every variant and TRL, interleaved (ABAB); each figure is its best round")
+    ap.add_argument("--full", action="store_true", help="full fine-tuning of the UNet instead of LoRA r4")
     ap.add_argument("--trl-python", default=os.environ.get("DDRL_TRL_PYTHON"))
     args = ap.parse_args()
     from ddrl.cli import quiet_libraries
@@ -118,7 +120,8 @@ def main() -> None:
     quiet_libraries()
     if warning := load_warning():
         print(warning)
-    print(f"DDPO epoch of {args.samples} samples x {args.steps} steps on shapes-sd, torch threads "
+    print(f"DDPO epoch of {args.samples} samples x {args.steps} steps on shapes-sd, "
+          f"{'full fine-tuning' if args.full else 'LoRA r4'}, torch threads "
           f"{torch.get_num_threads()}; medians over epochs 2..{args.epochs}, best of {args.repeats} interleaved rounds\n")
     variants = {"re-score, 1 step per forward": {"train.single_pass": False, "train.timesteps_per_forward": 1},
                 "re-score, 4 steps per forward": {"train.single_pass": False, "train.timesteps_per_forward": 4},
@@ -128,13 +131,13 @@ def main() -> None:
     trl_best = None
     for _ in range(args.repeats):
         for name, extra in variants.items():
-            cfg = ddrl_config(args.samples, args.steps, **extra)
+            cfg = ddrl_config(args.samples, args.steps, **extra, **{"model.lora": not args.full})
             rows, tr = run_ddrl(cfg, args.epochs)
             iso = isolated_seconds(tr, tr.algorithm.keeps_sampling_graph(cfg), cfg.train.timesteps_per_forward)
             row = (median(rows, "perf/epoch_s"), median(rows, "perf/sample_s"), median(rows, "perf/reward_s"),
                    median(rows, "perf/train_s"), iso)
             best[name] = min(best.get(name, row), row)
-        if trl_ok and (trl := run_trl(args.trl_python, args.samples, args.steps, args.epochs)) is not None:
+        if trl_ok and (trl := run_trl(args.trl_python, args.samples, args.steps, args.epochs, args.full)) is not None:
             row = (median(trl["epochs"], "epoch_s"), median(trl["epochs"], "sample_s"), median(trl["epochs"], "train_s"))
             trl_best = min(trl_best or row, row)
     print(f"{'ddrl variant':<34}{'epoch s':>9}{'sample':>9}{'reward':>9}{'train':>9}{'isolated':>10}{'ratio':>7}")

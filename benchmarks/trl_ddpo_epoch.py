@@ -1,7 +1,9 @@
 """One DDPO epoch with TRL 0.23.1's DDPOTrainer, timed; run by ddpo_epoch.py in a separate
 environment that has `trl[diffusers]==0.23.1` (never a dependency of ddrl). Prints JSON.
 
-    python benchmarks/trl_ddpo_epoch.py MODEL_FOLDER PROMPTS_JSON --epochs 3 --samples 16 --steps 20
+    python benchmarks/trl_ddpo_epoch.py MODEL_FOLDER PROMPTS_JSON --epochs 3 --samples 16 --steps 20 [--full]
+
+`--full` trains the whole UNet (TRL's `use_lora=False`) instead of LoRA r4.
 """
 
 import argparse
@@ -36,6 +38,7 @@ def main():
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--full", action="store_true", help="full fine-tuning instead of LoRA")
     args = ap.parse_args()
 
     import accelerate
@@ -53,7 +56,7 @@ def main():
         per_prompt_stat_tracking=False, async_reward_computation=False, log_with=None, seed=args.seed,
         project_kwargs={"project_dir": tempfile.mkdtemp(), "automatic_checkpoint_naming": True},
         save_freq=10**9)
-    pipe = DefaultDDPOStableDiffusionPipeline(args.model, use_lora=True)
+    pipe = DefaultDDPOStableDiffusionPipeline(args.model, use_lora=not args.full)
     pipe.set_progress_bar_config(disable=True)
     trainer = DDPOTrainer(cfg, jpeg_compressibility, lambda: (rng.choice(prompts), {}), pipe)
 

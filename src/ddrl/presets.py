@@ -66,12 +66,12 @@ _FLOW = {"model.name": "shapes-flow", "prompts.source": "shapes:train", "prompts
 # time, even when trained on the held-out prompts themselves. Full fine-tuning (LoRA r16 at 3e-3
 # gained about half as much) at lr 1.25e-4 for 36 epochs: +10.1 ± 0.8 points over 3 seeds, against
 # +8.3 ± 0.5 for 1.5e-4 and 24 epochs, a lead within noise (at 1.5e-4 the gain peaked near 24
-# epochs and 36 lost half of it; 1e-4 for 40 epochs varied more between seeds). 6 rollout steps instead of 10 (the 3 trained
-# ones are then half the trajectory), the 78 colour-attribution training prompts only (three
-# quarters of the held-out prompts are colour attribution), and the evaluation on 8 images per
-# held-out prompt (440 images, 10 ODE steps) so its paired standard error is about 0.02; no
-# evaluation on training prompts. Pref-GRPO's win rates rather than Flow-GRPO's raw scores: +7.6
-# ± 1.4 over 3 seeds at the former settings.
+# epochs and 36 lost half of it; 1e-4 for 40 epochs varied more between seeds). 6 rollout steps
+# instead of 10 (the 3 trained ones are then half the trajectory), the 78 colour-attribution
+# training prompts only (three quarters of the held-out prompts are colour attribution), and the
+# evaluation on 8 images per held-out prompt (440 images, 10 ODE steps) so its paired standard
+# error is about 0.02; no evaluation on training prompts. Pref-GRPO's win rates rather than
+# Flow-GRPO's raw scores, which gained +7.6 ± 1.4 over 3 seeds at the former settings.
 _QUICK = _FLOW | {"train.algorithm": "pref-grpo", "sample.num_steps": 6, "model.lora": False,
                   "train.learning_rate": 1.25e-4, "prompts.source": "shapes:train:color_attr", "run.epochs": 36,
                   "eval.num_steps": 10, "eval.images_per_prompt": 8, "eval.train_images_per_prompt": 0,
