@@ -154,7 +154,7 @@ EXPERIMENTS = {
                                  "training prompt contains (the DDPO paper's generalisation test)."),
     "kl-hacking": Experiment("KL against reward hacking (incompressibility)",
                              lambda s: {f"KL {b:g}": [run("shapes-incompressibility", seed, **KL_BUDGET,
-                                                          train__kl_coef=b) for seed in (0,)] for b in KL_COEFS},
+                                                          train__kl_coef=b) for seed in SEEDS] for b in KL_COEFS},
                              "DDPO-IS pushing JPEG size up (the paper's texture hack) at lr 3e-3 for 40 epochs, at "
                              "four KL coefficients; the verifier's accuracy on the same samples is the held-out "
                              "measure of what the images still show."),

@@ -191,17 +191,18 @@ def section_kl(exp, summary, runs) -> list[str]:
     groups = _groups(summary, runs)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
     for i, (label, rs) in enumerate(groups.items()):
-        for s in rs:
+        for n, s in enumerate(rs):
+            label_once = label if n == 0 else None  # one legend entry per coefficient, a line per seed
             kb = s["components"].get("jpeg-incompressibility") or s["reward"]
             acc = s["accuracy"]
             x = [(e + 1) * s["queries_per_epoch"] for e in range(len(kb))]
             roll = [statistics.mean(kb[max(0, e - 2):e + 1]) for e in range(len(kb))]
-            axes[0].plot(x, roll, color=f"C{i}", label=label)
+            axes[0].plot(x, roll, color=f"C{i}", label=label_once, alpha=0.8)
             # 5-epoch blocks, in time order from the open marker: where the optimised reward goes,
             # and what the verifier still sees
             bk = [statistics.mean(kb[j:j + 5]) for j in range(0, len(kb) - 4, 5)]
             ba = [statistics.mean(acc[j:j + 5]) for j in range(0, len(acc) - 4, 5)]
-            axes[1].plot(bk, ba, "-o", color=f"C{i}", ms=3, label=label)
+            axes[1].plot(bk, ba, "-o", color=f"C{i}", ms=3, label=label_once, alpha=0.8)
             axes[1].plot(bk[:1], ba[:1], "o", color=f"C{i}", mfc="white", ms=7)
     axes[0].set(xlabel="reward queries", ylabel="JPEG size (kB), optimised (3-epoch mean)")
     axes[1].set(xlabel="JPEG size (kB), optimised", ylabel="verifier accuracy, same samples",
@@ -215,21 +216,34 @@ def section_kl(exp, summary, runs) -> list[str]:
     fig.savefig(FIGS / "kl-hacking.png")
     plt.close(fig)
     lines = ["![kl-hacking](results/kl-hacking.png)", "",
-             "| KL coefficient | JPEG kB, first 3 → last 5 epochs | verifier accuracy, first 5 → last 5 epochs "
-             "| held-out JPEG kB before → after | held-out accuracy before → after (± paired s.e.) |",
-             "|---|---|---|---|---|"]
+             "Means over seeds (± s.e. across seeds; with one seed, the paired s.e. over its images).", "",
+             "| KL coefficient | seeds | JPEG kB, first 3 → last 5 epochs | verifier accuracy, first 5 → last 5 "
+             "epochs | held-out JPEG kB before → after | held-out accuracy before → after | change |",
+             "|---|---|---|---|---|---|---|"]
     from ddrl.train.report import paired_change
 
+    def jpeg(s):
+        return s["components"].get("jpeg-incompressibility") or s["reward"]
+
+    changes = {}
     for label, rs in groups.items():
-        for s in rs:
-            kb = s["components"].get("jpeg-incompressibility") or s["reward"]
-            acc = s["accuracy"]
-            hb, ha = s["before"]["heldout"], s["after"]["heldout"]
-            d, se = paired_change(s["before"]["heldout_correct"], s["after"]["heldout_correct"])
-            lines.append(f"| {label} | {statistics.mean(kb[:3]):.2f} → {statistics.mean(kb[-LAST:]):.2f} "
-                         f"| {statistics.mean(acc[:5]):.3f} → {statistics.mean(acc[-LAST:]):.3f} "
-                         f"| {hb['reward']:.2f} → {ha['reward']:.2f} "
-                         f"| {hb['accuracy_per_image']:.3f} → {ha['accuracy_per_image']:.3f} ({d:+.3f} ± {se:.3f}) |")
+        if not rs:
+            continue
+        changes[label] = [s["after"]["heldout"]["accuracy_per_image"] - s["before"]["heldout"]["accuracy_per_image"]
+                          for s in rs]
+        d = (mean_se(changes[label]) if len(rs) > 1 else
+             paired_change(rs[0]["before"]["heldout_correct"], rs[0]["after"]["heldout_correct"]))
+        m = lambda f: statistics.mean(f(s) for s in rs)  # noqa: E731
+        lines.append(f"| {label} | {len(rs)} | {m(lambda s: statistics.mean(jpeg(s)[:3])):.2f} → "
+                     f"{m(lambda s: statistics.mean(jpeg(s)[-LAST:])):.2f} "
+                     f"| {m(lambda s: statistics.mean(s['accuracy'][:5])):.3f} → "
+                     f"{m(lambda s: statistics.mean(s['accuracy'][-LAST:])):.3f} "
+                     f"| {m(lambda s: s['before']['heldout']['reward']):.2f} → {m(lambda s: s['after']['heldout']['reward']):.2f} "
+                     f"| {m(lambda s: s['before']['heldout']['accuracy_per_image']):.3f} → "
+                     f"{m(lambda s: s['after']['heldout']['accuracy_per_image']):.3f} | {fmt(*d)} |")
+    if (base := changes.get("KL 0")) and len(base) > 1:
+        lines += [""] + ["- held-out accuracy change, paired by seed: " + verdict(v, base, k, "KL 0")
+                         for k, v in changes.items() if k != "KL 0"]
     return lines
 
 
