@@ -244,6 +244,8 @@ def section_kl(exp, summary, runs) -> list[str]:
     if (base := changes.get("KL 0")) and len(base) > 1:
         lines += [""] + ["- held-out accuracy change, paired by seed: " + verdict(v, base, k, "KL 0")
                          for k, v in changes.items() if k != "KL 0"]
+        lines += ["", f"With {len(base)} seeds the standard error across seeds is itself uncertain: a claim "
+                  "that holds by little more than two of them is a lead, not a finding."]
     return lines
 
 
