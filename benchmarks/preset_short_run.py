@@ -1,6 +1,6 @@
 """A shipped preset in a short run on one prompt: does it raise its own reward?
 
-    python benchmarks/preset_short_run.py shapes-alignment-rwr [--epochs 20] [--images 384] [KEY=VALUE ...]
+    python benchmarks/preset_short_run.py shapes-alignment-sf [--epochs 20] [--images 384] [KEY=VALUE ...]
 
 Keeps the preset's algorithm, learning rate, trust region, advantages and LoRA, and shrinks the
 rest: one prompt, one epoch of 32 samples in 2 groups of 16, 4 sampling steps, minibatches of 16
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--prompt", default="a purple square and a red triangle")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--images", type=int, default=384, help="evaluation images, before and after")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # KEY=VALUE pairs before or after the options
     tmp = Path(tempfile.mkdtemp())
     (tmp / "prompt.txt").write_text(args.prompt)
     cfg = preset_config(args.preset)

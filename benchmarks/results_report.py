@@ -233,7 +233,9 @@ def section_kl(exp, summary, runs) -> list[str]:
                           for s in rs]
         d = (mean_se(changes[label]) if len(rs) > 1 else
              paired_change(rs[0]["before"]["heldout_correct"], rs[0]["after"]["heldout_correct"]))
-        m = lambda f: statistics.mean(f(s) for s in rs)  # noqa: E731
+        def m(f):  # the mean over seeds of a per-run quantity
+            return statistics.mean(f(s) for s in rs)
+
         lines.append(f"| {label} | {len(rs)} | {m(lambda s: statistics.mean(jpeg(s)[:3])):.2f} → "
                      f"{m(lambda s: statistics.mean(jpeg(s)[-LAST:])):.2f} "
                      f"| {m(lambda s: statistics.mean(s['accuracy'][:5])):.3f} → "

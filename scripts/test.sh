@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite, setting up the environment if needed (CI runs this with no arguments).
-#   scripts/test.sh           everything but the slow checks, learning runs included (about 19 min on 2 cores)
+#   scripts/test.sh           everything but the slow checks, learning runs included (about 11 min on 2 cores, twice that on slower ones)
 #   scripts/test.sh --quick   no learning runs, no slow checks: the edit loop (about 4 min)
 #   scripts/test.sh --slow    everything
 # Extra arguments pass through to pytest.
