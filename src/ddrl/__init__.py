@@ -1,11 +1,11 @@
 """ddrl: reinforcement learning for diffusion and flow-matching models.
 
 The Python API (ddrl.api): `ddrl.load_config`, `ddrl.train`, `ddrl.register_reward`,
-`ddrl.register_prompts`; `ddrl.compat.from_trl_ddpo_config` converts a TRL DDPOConfig."""
+`ddrl.register_prompts`, `ddrl.register_algorithm`; `ddrl.compat.from_trl_ddpo_config` converts a
+TRL DDPOConfig."""
 
 __version__ = "0.1.0"
 
-from . import train  # the package ddrl.train, callable as ddrl.train(config, ...) (see ddrl/train/__init__.py)
-from .api import load_config, register_prompts, register_reward
+from .api import load_config, register_algorithm, register_prompts, register_reward, train
 
-__all__ = ["load_config", "register_prompts", "register_reward", "train", "__version__"]
+__all__ = ["load_config", "register_algorithm", "register_prompts", "register_reward", "train", "__version__"]

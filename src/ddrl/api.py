@@ -43,7 +43,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: dic
             raise ConfigError(f"config file {source} does not exist")
         cfg = apply_overrides(Config(), load_yaml(source))
     extra = dict(overrides or {}) | {k.replace("__", "."): v for k, v in kwargs.items()}
-    return apply_overrides(cfg, extra) if extra else cfg
+    return apply_overrides(cfg, extra)  # also fills in the algorithm's default options
 
 
 class CallableReward:
@@ -91,6 +91,14 @@ def register_reward(name: str, fn: Callable, *, description: str = "a Python cal
     return name
 
 
+def register_algorithm(name: str, cls: type) -> str:
+    """Make `cls` (a subclass of ddrl.algorithms.Algorithm, with its own `Options` dataclass and
+    section) usable as `train.algorithm name`. Returns the name."""
+    from .algorithms.registry import register_algorithm as register
+
+    return register(name, cls)
+
+
 def register_prompts(name: str, prompts: PromptRecords | Callable[[], tuple[str, dict]], *, draws: int = 1000,
                      seed: int = 0) -> str:
     """Make a prompt set usable as prompts.source `python:NAME`. `prompts` is a list of prompts or
@@ -131,7 +139,7 @@ def train(config: str | Path | dict | Config | None = None, *, run_dir: str | Pa
     `register_prompts`. run_dir defaults to run.output_dir, else runs/<name>-<date>."""
     import time
 
-    from .train import train as run
+    from .images import check_run, run_images
 
     cfg = load_config(config, **overrides)
     if callable(reward):
@@ -147,5 +155,7 @@ def train(config: str | Path | dict | Config | None = None, *, run_dir: str | Pa
         cfg = replace(cfg, prompts=replace(cfg.prompts, eval_source=register_prompts("eval", eval_prompts)))
     run_dir = Path(run_dir or cfg.run.output_dir or f"runs/python-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = replace(cfg, run=replace(cfg.run, output_dir=str(run_dir)))
-    return run(cfg, run_dir, resume=resume)
+    for change in check_run(cfg, run_dir, resume=resume):
+        print(f"resume {run_dir}: {change}")
+    return run_images(cfg, run_dir, resume=resume)
 

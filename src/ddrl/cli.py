@@ -193,64 +193,86 @@ def _config_from_args(args, overrides: dict[str, str]):
 
 def _resume_config(args, overrides: dict[str, str]):
     """The run folder's verified config with the overrides applied (or the preset/config given
-    again); train() then refuses changes a resumed run cannot take (ddrl.train.resume)."""
+    again); `check_run` then refuses changes a resumed run cannot take (ddrl.run.resume)."""
     import dataclasses
 
-    from .config import apply_overrides
-    from .train.resume import check_resume, read_run_config
+    from .config import apply_overrides, read_run_config
 
     run_dir = Path(args.resume)
     saved = read_run_config(run_dir, allow_edited=args.resume_override)
     given = _config_from_args(args, overrides)[0] if args.preset else apply_overrides(saved, overrides)
     given = dataclasses.replace(given, run=dataclasses.replace(given.run, output_dir=str(run_dir)))
-    check_resume(saved, given, args.resume_override)  # refused here, before anything is printed
     return given, run_dir
 
 
 def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     import os as _os
 
-    procs = int(_os.environ.get("WORLD_SIZE", "1"))
-    from .config_checks import algorithm_class
+    from .algorithms import algorithm_class
 
-    s, t = cfg.sample, cfg.train
-    algorithm = algorithm_class(t.algorithm)
+    procs = int(_os.environ.get("WORLD_SIZE", "1"))
+    t = cfg.train
     print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
           f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
-    if not algorithm.uses_rollouts(cfg) and cfg.data.pairs:  # offline, on pairs
-        print(f"  per epoch: {cfg.data.pairs_per_epoch or 'one pass over the'} pairs of {cfg.data.pairs}, optimizer "
-              f"steps of {t.batch_size * t.gradient_accumulation_steps * procs} pairs; {cfg.run.epochs} epochs")
-    else:
-        print(f"  per epoch: {cfg.global_samples_per_epoch(procs)} samples ({procs} process(es) x {s.num_batches_per_epoch} "
-              f"batches x {s.batch_size}), {s.num_steps} steps each, {algorithm.trained_steps(cfg)} trained; "
-              f"{cfg.optimizer_steps_per_epoch} optimizer step(s) of {t.batch_size * t.gradient_accumulation_steps * procs} "
-              f"samples; {cfg.run.epochs} epochs")
-    if algorithm.keeps_sampling_graph(cfg):
-        print("  every update is on-policy: training reuses the sampling pass (no second forward)")
+    print(f"  per epoch: {algorithm_class(t.algorithm).describe(cfg, procs)}; {cfg.run.epochs} epochs")
     print(f"  run folder: {run_dir}")
 
 
+def print_config(cfg) -> str:
+    """The resolved config as YAML a user can save, edit and pass back (`ddrl train FILE.yaml`),
+    each key with its one-line doc and range as a comment."""
+    import yaml
+
+    from .config import Config, _sections
+    from .config_checks import RANGES
+    from .options import field_docs
+
+    sections = dict(_sections())
+    out = [f"# ddrl config: train.algorithm {cfg.train.algorithm}. Save it, edit it, and run it with "
+           "`ddrl train FILE.yaml`.", ""]
+    for section, value in cfg.to_dict().items():
+        cls = sections.get(section) or type(cfg.options)
+        ranges = {k.partition(".")[2]: r for k, r in RANGES.items() if k.startswith(section + ".")}
+        docs = field_docs(cls, ranges)
+        head = cls.__doc__ or ""
+        head = "" if cls.__module__ == Config.__module__ or head.startswith(cls.__name__ + "(") else head
+        out.append(f"{section}:{f'  # {head.splitlines()[0]}' if head else ''}")
+        for key, v in value.items():
+            doc, rng = docs.get(key, ("", None))
+            text = yaml.safe_dump({key: v}, default_flow_style=True, width=10_000).strip()[1:-1]
+            note = f"{doc} (range {rng})" if doc and rng else doc or (f"range {rng}" if rng else "")
+            out.append(f"  {text}" + (f"  # {note}" if note else ""))
+        out.append("")
+    return "\n".join(out)
+
+
 def cmd_train(args) -> int:
-    from .config import apply_overrides
-    from .config_checks import validate
-    from .train import train
+    from .images import check_run, run_images
 
     overrides = _parse_overrides(args.overrides)
     if args.resume_override and not args.resume:
         raise ValueError("--resume-override goes with --resume RUN_DIR")
+    if args.print_config:
+        cfg, _ = _resume_config(args, overrides) if args.resume else _config_from_args(args, overrides)
+        from .config_checks import validate
+
+        validate(cfg)
+        print(print_config(cfg))
+        return 0
     if args.resume:
         cfg, run_dir = _resume_config(args, overrides)
         name = run_dir.name
     else:
         cfg, name = _config_from_args(args, overrides)
         run_dir = Path(cfg.run.output_dir or f"runs/{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-        if (run_dir / "config.yaml").exists():
-            raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} "
-                             "or choose another --run.output-dir")
+        from .config import apply_overrides
+
         cfg = apply_overrides(cfg, {"run.output_dir": str(run_dir)})
-    validate(cfg)
+    changes = check_run(cfg, run_dir, resume=bool(args.resume), resume_override=args.resume_override)
     _print_sizes(cfg, name, run_dir)
-    if not train(cfg, run_dir, resume=bool(args.resume), resume_override=args.resume_override):
+    for change in changes:
+        print(f"resume {run_dir}: {change}")
+    if not run_images(cfg, run_dir, resume=bool(args.resume)):
         return 130  # stopped by Ctrl-C after saving: scripts can tell the run did not finish
     return 0
 
@@ -306,17 +328,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's choice)")
     p.set_defaults(func=cmd_pretrain)
 
+    from .algorithms import ALGORITHMS
+
+    kinds = {"epsilon": "diffusion models", "velocity": "flow-matching models", None: "either kind"}
+    listed = "; ".join(f"for {kinds[k]}: {', '.join(n for n, a in ALGORITHMS.items() if a.prediction == k)}"
+                       for k in ("epsilon", "velocity", None) if any(a.prediction == k for a in ALGORITHMS.values()))
     p = sub.add_parser("train", help="fine-tune a model with RL against a reward",
-                       description="Fine-tune with DDPO-IS, DDPO-SF or RWR (diffusion models), or Flow-GRPO, "
-                       "Pref-GRPO or DiffusionNFT (flow-matching models). With no arguments: Pref-GRPO fine-tuning "
-                       "the built-in shapes-flow model with the shapes verifier reward (2 to 4 minutes on a "
-                       "2-core CPU). Any config key can be overridden: --train.learning-rate 3e-4. "
+                       description=f"Fine-tune a model against a reward with train.algorithm {listed}. With no "
+                       "arguments: Pref-GRPO fine-tuning the built-in shapes-flow model with the shapes verifier "
+                       "reward (2 to 4 minutes on a 2-core CPU). Any config key can be overridden: "
+                       "--train.learning-rate 3e-4, --nft.beta 2; --print-config shows them all. "
                        "`ddrl presets` lists the presets.")
     p.add_argument("preset", nargs="?", help="a preset name or a config.yaml (default: shapes-quick)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in this folder from its last checkpoint "
                    "(with more --run.epochs, or another checkpoint or grid cadence)")
     p.add_argument("--resume-override", action="store_true",
                    help="let --resume change any setting, or take a config.yaml edited by hand")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (preset, file or run folder, with the overrides) as YAML, each "
+                   "key with its doc and range, and exit; save it, edit it and pass it back as the preset")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("presets", help="list the training presets")

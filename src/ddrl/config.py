@@ -20,20 +20,20 @@ Sampler = Literal["ddim", "flow-sde", "flow-cps", "flow-ode", "flow-dpm2"]
 AdvantageKind = Literal["per-prompt", "batch", "group"]
 MixedPrecision = Literal["no", "fp16", "bf16"]
 KLForm = Literal["code", "paper"]
-NFTLoss = Literal["x0-adaptive", "velocity"]
-NFTDecay = Literal["none", "ramp", "delayed"]
 NonFinite = Literal["stop", "skip"]
-TiedGroups = Literal["drop", "arbitrary"]
 OptimizerKind = Literal["adamw", "adamw8bit", "adafactor"]
-RewardLoss = Literal["neg", "relu", "abs"]
-Truncation = Literal["gaussian", "uniform", "fixed"]
 
-# keys renamed since earlier releases: old name -> new name (config files and --resume keep working)
-RENAMED = {"train.cfg": "train.rescore_with_guidance"}
+# keys renamed since earlier releases: old name -> new name (config files and --resume keep working).
+# The algorithms' options moved from prefixed train.* keys into each algorithm's own section.
+RENAMED = {"train.cfg": "train.rescore_with_guidance",
+           "train.nft_beta": "nft.beta", "train.nft_loss": "nft.loss", "train.nft_old_decay": "nft.old_decay",
+           "train.rwr_beta": "rwr.beta", "train.rwr_percentile": "rwr.percentile",
+           "train.dpo_beta": "dpo.beta", "train.dpo_ref_update_steps": "dpo.ref_update_steps",
+           "train.dpo_tied_groups": "dpo.tied_groups"}
 # keys added since earlier releases (a section name covers all its keys): a run's config.yaml
 # without them resumes with their defaults, which behave as the release it was started with
 ADDED = ("data", "backprop", "model.gradient_checkpointing", "train.optimizer", "train.lr_warmup_steps",
-         "train.dpo_beta", "train.dpo_ref_update_steps", "train.dpo_tied_groups", "run.report_to")
+         "dpo.beta", "dpo.ref_update_steps", "dpo.tied_groups", "run.report_to")
 
 
 class ConfigError(ValueError):
@@ -92,10 +92,8 @@ class SampleConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     algorithm: str = "ddpo-is"
-    """a registered algorithm (ddrl.algorithms.ALGORITHMS): ddpo-is (PPO clip), ddpo-sf (REINFORCE),
-    rwr (reward-weighted regression); dpo (offline pairs, data.pairs), online-dpo and sft (winners
-    only) for either kind of model; for flow models flow-grpo (PPO clip, group advantages),
-    pref-grpo (flow-grpo on group win rates) or nft (DiffusionNFT)"""
+    """a registered algorithm (`ddrl train --help` lists them); its own options are in the config
+    section it names (nft.beta, rwr.percentile, dpo.beta, backprop.steps, ...)"""
     learning_rate: float | None = None
     """AdamW learning rate; None uses the default for LoRA or full fine-tuning"""
     batch_size: int = 16
@@ -148,14 +146,6 @@ class TrainConfig:
     the exported LoRA; the decay at update s is min((1 + s) / (10 + s), ema_decay); 0 disables it"""
     ema_update_interval: int = 1
     """optimizer steps between EMA updates (flow_grpo: 8, DiffusionNFT: 1)"""
-    nft_beta: float = 1.0
-    """DiffusionNFT: strength beta of the implicit positive/negative policies"""
-    nft_loss: NFTLoss = "x0-adaptive"
-    """DiffusionNFT: x0-adaptive (the reference code: x0 errors over their stop-gradient mean
-    absolute error, times adv_clip_max / beta) or velocity (the paper's plain velocity errors)"""
-    nft_old_decay: NFTDecay = "ramp"
-    """DiffusionNFT: decay d of the old (sampling) policy's EMA after each epoch, by optimizer steps s:
-    none (old = current), ramp (min(0.001 s, 0.5)) or delayed (0 for 75 steps, then min(0.0075 (s - 75), 0.999))"""
     nonfinite: NonFinite = "stop"
     """a non-finite loss, gradient norm, weight or decoded image: stop (an error names it; the last
     checkpoint is kept), or skip the optimizer steps whose gradient is non-finite (counted in
@@ -164,21 +154,6 @@ class TrainConfig:
     """per-prompt FIFO length"""
     min_count: int = 16
     """rewards a prompt's buffer needs before its own statistics replace the batch's"""
-    rwr_beta: float = 5.0
-    """RWR inverse temperature of the exponential weights"""
-    rwr_percentile: float | None = None
-    """RWR-sparse: keep samples at or above this percentile of the batch (None: exponential)"""
-    dpo_beta: float | None = None
-    """dpo/online-dpo: the effective beta of s = -beta * Delta on per-element-mean errors; None: 2500
-    for diffusion models, 50 for flow models. Salesforce's --beta_dpo B and flow_grpo's train.beta B
-    are B / 2 here (they scale by 1/2), diffusers' --beta_dpo B is B"""
-    dpo_ref_update_steps: int = 40
-    """online-dpo/sft: optimizer steps between copies of the learner into the reference, which
-    samples the pairs and anchors the loss (flow_grpo's OnlineDPO: 40; 0 never: pairs always from
-    the base model, flow_grpo's DPO)"""
-    dpo_tied_groups: TiedGroups = "drop"
-    """online-dpo: a group whose rewards are all equal gives no pair (drop), or its second sample
-    over its first, as flow_grpo's stat tracker (arbitrary)"""
 
 
 @dataclass(frozen=True)
@@ -208,38 +183,6 @@ class DataConfig:
     """skip rows with missing or undecodable images or bad labels, and count them, instead of stopping"""
     cache_dir: str = ""
     """where VAE latents are cached (empty: $DDRL_CACHE/pair-latents or ~/.cache/ddrl/pair-latents)"""
-
-
-@dataclass(frozen=True)
-class BackpropConfig:
-    """Reward backpropagation (train.algorithm refl, draft, alignprop); None: the algorithm's reference value."""
-
-    loss: RewardLoss | None = None
-    """phi(r) minimised: neg (-r; draft, alignprop), relu (ReLU(target - r); refl) or abs (|r - target|)"""
-    target: float | None = None
-    """lambda of relu (refl: 2) or the target of abs (AlignProp's aesthetic run: 10)"""
-    scale: float | None = None
-    """the loss's factor (refl's grad_scale 1e-3, alignprop's loss_coeff 0.01, draft 1)"""
-    steps: int = 1
-    """draft: K, the last steps backpropagated through (DRaFT-K); alignprop with truncation fixed"""
-    lv_samples: int = 0
-    """draft: n > 0 is DRaFT-LV (K = 1): n noised copies of each sample's x0 each take the last step with grad"""
-    refl_first_step: int | None = None
-    """refl: the grad step m ~ U{first..last} (step indices from 0); None: 3T/4 (ReFL: 30 of 40)"""
-    refl_last_step: int | None = None
-    """None: T - 1 (ReFL: 39 of 40)"""
-    truncation: Truncation = "gaussian"
-    """alignprop: where backprop starts, drawn per minibatch: gaussian (b = int(N(T - mean_steps, std))),
-    uniform over [1, T), or fixed (the last `steps`); b is redrawn until in [1, T), as AlignProp"""
-    truncation_mean_steps: float = 8.0
-    """alignprop gaussian: mean steps backpropagated (AlignProp: mean 42 of 50 steps)"""
-    truncation_std: float = 5.0
-    checkpointing: bool = True
-    """recompute each network call with gradients in the backward pass (torch.utils.checkpoint), so
-    activation memory does not grow with the steps backpropagated (AlignProp: always)"""
-    pretrain_loss: bool = False
-    """before each reward step, an optimizer step on the denoising loss of the base model's own
-    samples (ReFL's SDXL script's --apply_pre_loss, which uses a dataset)"""
 
 
 @dataclass(frozen=True)
@@ -290,10 +233,12 @@ class Config:
     sample: SampleConfig = field(default_factory=SampleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    backprop: BackpropConfig = field(default_factory=BackpropConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    options: Any = None
+    """the chosen algorithm's own options (its `Options` dataclass), written under its section
+    (nft, rwr, dpo, backprop, ...); None: its defaults. apply_overrides and load_config fill it"""
 
     # ---- derived sizes (per process unless named global) ----
     @property
@@ -332,7 +277,13 @@ class Config:
         return DEFAULT_LR_LORA if self.model.lora else DEFAULT_LR_FULL
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as nested dicts: the sections, with the algorithm's options under theirs."""
+        out = {f.name: dataclasses.asdict(getattr(self, f.name)) for f in fields(self) if f.name != "options"}
+        if self.options is not None and dataclasses.fields(self.options):
+            sections = list(out.items())
+            sections.insert(4, (self.options.section, dataclasses.asdict(self.options)))  # after train
+            out = dict(sections)
+        return out
 
 
 DEFAULT_LR_LORA = 3e-3
@@ -385,26 +336,72 @@ def _coerce(key: str, value: Any, typ) -> Any:
 
 def _sections() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
-    return {f.name: hints[f.name] for f in fields(Config)}
+    return {f.name: hints[f.name] for f in fields(Config) if f.name != "options"}
+
+
+def _keys(sections: dict[str, type]) -> list[str]:
+    return [f"{s}.{f.name}" for s, c in sections.items() for f in fields(c)]
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
-    """`{"train.clip_range": 1e-4, ...}` (hyphens or underscores) applied to `cfg`."""
+    """`{"train.clip_range": 1e-4, "nft.beta": 2, ...}` (hyphens or underscores) applied to `cfg`.
+    The sections' keys are applied first, then the chosen algorithm's options (a changed
+    train.algorithm starts from its options' defaults). Old prefixed keys (train.nft_beta) are
+    read under their new names."""
     sections = _sections()
     changes: dict[str, dict[str, Any]] = {}
+    options: list[tuple[str, str, str, Any]] = []
     for raw_key, value in overrides.items():
         key = raw_key.replace("-", "_")
         key = RENAMED.get(key, key)
         section, _, name = key.partition(".")
-        if section not in sections or not name:
-            all_keys = [f"{s}.{f.name}" for s, c in sections.items() for f in fields(c)]
-            raise ConfigError(f"unknown config key {raw_key!r}{_hint(key, all_keys)}")
-        hints = typing.get_type_hints(sections[section])
-        if name not in hints:
-            raise ConfigError(f"unknown config key {raw_key!r}"
-                              f"{_hint(key, [f'{section}.{n}' for n in hints])}")
-        changes.setdefault(section, {})[name] = _coerce(raw_key, value, hints[name])
-    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **c) for s, c in changes.items()})
+        if section in sections and name:
+            hints = typing.get_type_hints(sections[section])
+            if name not in hints:
+                raise ConfigError(f"unknown config key {raw_key!r}"
+                                  f"{_hint(key, [f'{section}.{n}' for n in hints])}")
+            changes.setdefault(section, {})[name] = _coerce(raw_key, value, hints[name])
+        elif name and "." not in name:
+            options.append((raw_key, section, name, value))
+        else:
+            raise ConfigError(f"unknown config key {raw_key!r}{_hint(key, _keys(sections))}")
+    cfg = dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **c) for s, c in changes.items()})
+    return _apply_options(cfg, options)
+
+
+def _apply_options(cfg: Config, items: list[tuple[str, str, str, Any]]) -> Config:
+    """The chosen algorithm's options with `items` (raw key, section, field, value) applied. A key
+    of another algorithm's section is refused unless it holds that option's default (as every
+    config file of earlier releases does for every algorithm)."""
+    from .algorithms.registry import ALGORITHMS, algorithm_class
+
+    Options = algorithm_class(cfg.train.algorithm).Options
+    opts = cfg.options if type(cfg.options) is Options else Options()
+    others = {a.Options.section: a.Options for a in ALGORITHMS.values() if a.Options.section}
+    changes: dict[str, Any] = {}
+    for raw_key, section, name, value in items:
+        target = Options if section == Options.section else others.get(section)
+        hints = typing.get_type_hints(target) if target is not None else {}
+        names = [f.name for f in fields(target)] if target is not None else []
+        if name not in names:
+            known = _keys(_sections()) + [f"{Options.section}.{f.name}" for f in fields(Options)]
+            raise ConfigError(f"unknown config key {raw_key!r}{_hint(f'{section}.{name}', known)}")
+        coerced = _coerce(raw_key, value, hints[name])
+        if target is Options:
+            changes[name] = coerced
+        elif coerced != getattr(target(), name):
+            users = [n for n, a in ALGORITHMS.items() if a.Options is target]
+            raise ConfigError(f"{section}.{name} is an option of train.algorithm {' or '.join(users)}; this config "
+                              f"trains {cfg.train.algorithm}")
+    return dataclasses.replace(cfg, options=dataclasses.replace(opts, **changes))
+
+
+def option_keys(algorithm: str) -> list[str]:
+    """The config keys of an algorithm's own options (empty for an unknown algorithm)."""
+    from .algorithms.registry import ALGORITHMS
+
+    Options = ALGORITHMS[algorithm].Options if algorithm in ALGORITHMS else None
+    return [f"{Options.section}.{f.name}" for f in fields(Options)] if Options is not None else []
 
 
 def flatten(nested: dict, prefix: str = "") -> dict[str, Any]:
@@ -437,3 +434,25 @@ def dump_yaml(cfg: Config) -> str:
     import yaml
 
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def run_config_text(cfg: Config) -> str:
+    """A run's config.yaml: the resolved config under a header holding its hash."""
+    from .run.resume import config_text
+
+    return config_text(cfg.to_dict())
+
+
+def _missing_keys(values: dict[str, Any]) -> list[str]:
+    """Keys a run's config.yaml must hold (read under their current names) that `values` lacks;
+    keys added since earlier releases (ADDED) may be absent."""
+    values = {RENAMED.get(k, k): v for k, v in values.items()}
+    expected = [*flatten(Config().to_dict()), *option_keys(str(values.get("train.algorithm", "")))]
+    return [k for k in expected if k not in values and k not in ADDED and k.partition(".")[0] not in ADDED]
+
+
+def read_run_config(run_dir: str | Path, allow_edited: bool = False) -> Config:
+    """The config a run folder was started with, checked against its hash (run/resume.py)."""
+    from .run.resume import read_run_config as read
+
+    return read(Path(run_dir), _missing_keys, lambda values: apply_overrides(Config(), values), allow_edited)

@@ -1,5 +1,5 @@
 """Checks of a run configuration before any model is loaded: the ones every algorithm shares,
-then the chosen algorithm's own (its `validate`). Each failure is a ConfigError naming the key,
+then the chosen algorithm's own (its `check`). Each failure is a ConfigError naming the key,
 the value and what is accepted."""
 
 from __future__ import annotations
@@ -7,21 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bounds import guidance_problem, number_problem
-from .config import Config, ConfigError, _hint, flatten
+from .config import Config, ConfigError, flatten
+from .options import field_docs
 
 
-def algorithm_class(name: str):
-    """The registered algorithm called `name`, or a ConfigError with the closest name."""
-    from .algorithms import ALGORITHMS
-
-    if name not in ALGORITHMS:
-        raise ConfigError(f"train.algorithm {name!r} is unknown{_hint(name, ALGORITHMS)}; "
-                          f"choose from {', '.join(ALGORITHMS)}")
-    return ALGORITHMS[name]
-
-
-# The accepted range of every number in the config (ddrl.bounds intervals); a None value of an
-# optional field (train.learning_rate, train.rwr_percentile) means "the default" and is not checked.
+# The accepted range of every number in the config sections (ddrl.bounds intervals); an
+# algorithm's options carry theirs beside each field. A None value of an optional field
+# (train.learning_rate, rwr.percentile) means "the default" and is not checked.
 RANGES = {
     "model.lora_rank": "[1, inf)", "model.lora_alpha": "(0, inf)",
     "sample.num_steps": "[1, inf)", "sample.eta": "[0, 1]", "sample.noise_level": "[0, inf)",
@@ -34,14 +26,10 @@ RANGES = {
     "train.clip_range": "(0, inf)", "train.adv_clip_max": "(0, inf)", "train.max_grad_norm": "(0, inf)",
     "train.weight_decay": "[0, inf)", "train.adam_beta1": "[0, 1)", "train.adam_beta2": "[0, 1)",
     "train.adam_eps": "(0, inf)", "train.kl_coef": "[0, inf)", "train.ema_decay": "[0, 1)",
-    "train.ema_update_interval": "[1, inf)", "train.nft_beta": "(0, inf)", "train.buffer_size": "[1, inf)",
-    "train.min_count": "[1, inf)", "train.rwr_beta": "(0, inf)", "train.rwr_percentile": "[0, 100)",
-    "train.lr_warmup_steps": "[0, inf)", "train.dpo_beta": "(0, inf)", "train.dpo_ref_update_steps": "[0, inf)",
+    "train.ema_update_interval": "[1, inf)", "train.buffer_size": "[1, inf)",
+    "train.min_count": "[1, inf)", "train.lr_warmup_steps": "[0, inf)",
     "data.max_pairs": "[0, inf)", "data.resolution": "[0, inf)", "data.empty_prompt_fraction": "[0, 1]",
     "data.pairs_per_epoch": "[0, inf)",
-    "backprop.target": "(-inf, inf)", "backprop.scale": "(0, inf)", "backprop.steps": "[1, inf)",
-    "backprop.lv_samples": "[0, inf)", "backprop.refl_first_step": "[0, inf)", "backprop.refl_last_step": "[0, inf)",
-    "backprop.truncation_mean_steps": "(0, inf)", "backprop.truncation_std": "[0, inf)",
     "eval.num_steps": "[0, inf)", "eval.images_per_prompt": "[1, inf)", "eval.train_images_per_prompt": "[0, inf)",
     "eval.max_prompts": "[0, inf)", "eval.grid_every": "[0, inf)", "eval.grid_size": "[1, inf)",
     "run.epochs": "[1, inf)", "run.seed": "[0, 4294967295]", "run.save_every": "[1, inf)",
@@ -49,13 +37,22 @@ RANGES = {
 }
 
 
+def ranges(cfg: Config) -> dict[str, str]:
+    """The range of every number of `cfg`: RANGES, and those beside the algorithm's options."""
+    out = dict(RANGES)
+    if cfg.options is not None:
+        out |= {f"{cfg.options.section}.{k}": r for k, (_, r) in field_docs(type(cfg.options)).items() if r}
+    return out
+
+
 def check_numbers(cfg: Config) -> None:
-    """Every number of the config is finite and in its range (RANGES), and the guidance scale
-    follows ddrl.bounds.GUIDANCE_RULE."""
+    """Every number of the config is finite and in its range, and the guidance scale follows
+    ddrl.bounds.GUIDANCE_RULE."""
+    bounds = ranges(cfg)
     for key, value in flatten(cfg.to_dict()).items():
         if value is None or isinstance(value, (bool, str)):
             continue
-        problem = number_problem(value, RANGES.get(key, "(-inf, inf)"))
+        problem = number_problem(value, bounds.get(key, "(-inf, inf)"))
         if problem:
             raise ConfigError(f"{key} {problem}")
     if problem := guidance_problem(cfg.sample.guidance_scale):
@@ -63,10 +60,13 @@ def check_numbers(cfg: Config) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Checks every algorithm shares, then the chosen algorithm's own (its `validate`)."""
+    """Checks every algorithm shares, then the chosen algorithm's own (its `check`)."""
+    from .algorithms.registry import algorithm_class, options_of
+
     s, t = cfg.sample, cfg.train
-    check_numbers(cfg)
     algorithm = algorithm_class(t.algorithm)
+    options_of(cfg)  # the options are the algorithm's own
+    check_numbers(cfg)
     if s.sampler == "flow-cps" and s.noise_level > 1:
         raise ConfigError(f"sample.noise_level must be in [0, 1] for flow-cps (the CPS eta), got {s.noise_level}")
     if s.sampler != "ddim":
@@ -77,25 +77,6 @@ def validate(cfg: Config) -> None:
                               f"{s.num_steps} steps (sample.num_steps)")
     if t.advantages == "group" and s.images_per_prompt < 2:
         raise ConfigError("train.advantages group needs sample.images_per_prompt >= 2 (the group size)")
-    if cfg.reward.pairwise and not algorithm.uses_pairwise_judge:
-        from .algorithms import ALGORITHMS
-
-        users = [n for n, a in ALGORITHMS.items() if a.uses_pairwise_judge]
-        raise ConfigError(f"reward.pairwise is read by {', '.join(users)} only; train.algorithm is {t.algorithm}")
-    if algorithm.uses_rollouts(cfg):  # an offline algorithm samples nothing in training
-        n = cfg.samples_per_epoch
-        if n % s.images_per_prompt:  # a prompt's images (a GRPO group) all belong to one epoch
-            raise ConfigError(f"sample.images_per_prompt ({s.images_per_prompt}) must divide the samples per "
-                              f"epoch per process: sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
-                              f"{s.num_batches_per_epoch} = {n}")
-        if n % t.batch_size:
-            raise ConfigError(f"train.batch_size ({t.batch_size}) must divide the samples per epoch per process: "
-                              f"sample.batch_size {s.batch_size} x sample.num_batches_per_epoch "
-                              f"{s.num_batches_per_epoch} = {n}")
-        if cfg.minibatches_per_epoch % t.gradient_accumulation_steps:
-            raise ConfigError(f"train.gradient_accumulation_steps ({t.gradient_accumulation_steps}) must divide "
-                              f"the minibatches per epoch: {n} samples / train.batch_size {t.batch_size} "
-                              f"= {cfg.minibatches_per_epoch}")
     for k in ("source", "eval_source"):
         _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k))
     if cfg.data.pairs:
@@ -106,14 +87,14 @@ def validate(cfg: Config) -> None:
         except DataError as e:
             raise ConfigError(str(e)) from None
     _check_extras(cfg)
-    algorithm.validate(cfg)
+    algorithm.check(cfg)
 
 
 def _check_extras(cfg: Config) -> None:
     """Optional packages a setting needs are installed (checked before any model loads)."""
     import importlib.util
 
-    from .train.trackers import missing_packages, parse_report_to
+    from .run.trackers import missing_packages, parse_report_to
 
     try:
         names = parse_report_to(cfg.run.report_to)
@@ -155,6 +136,8 @@ def check_model_kind(cfg: Config, prediction: str) -> None:
 
     kinds = {"epsilon": "a diffusion (epsilon) model such as shapes-sd or Stable Diffusion",
              "velocity": "a flow-matching (velocity) model such as shapes-flow, SD3 or FLUX"}
+    from .algorithms.registry import algorithm_class
+
     wanted = algorithm_class(cfg.train.algorithm).prediction
     if wanted is not None and prediction != wanted:
         raise ModelError(f"{cfg.model.name!r} is {kinds[prediction]}; train.algorithm {cfg.train.algorithm} "

@@ -113,7 +113,7 @@ _SHAPES_DPO = _SHAPES_COMMON | {"train.algorithm": "dpo", "data.pairs": "pairs",
 _DPO_PAPER = {"train.algorithm": "dpo", "data.pairs": "yuvalkirstain/pickapic_v2", "data.hflip": True,
               "data.empty_prompt_fraction": 0.2, "data.pairs_per_epoch": 20480, "model.lora": False,
               "train.batch_size": 1, "train.gradient_accumulation_steps": 128, "train.learning_rate": 2.048e-5,
-              "train.dpo_beta": 2500.0, "train.weight_decay": 1e-2, "train.max_grad_norm": 1.0,
+              "dpo.beta": 2500.0, "train.weight_decay": 1e-2, "train.max_grad_norm": 1.0,
               "run.epochs": 200, "run.mixed_precision": "fp16", "reward.name": "pickscore",
               "prompts.source": "animals", "prompts.eval_source": "animals", "sample.num_steps": 50,
               "sample.eta": 0.0, "sample.guidance_scale": 7.5, "eval.images_per_prompt": 1,
@@ -159,7 +159,7 @@ PRESETS: dict[str, Preset] = {
     "shapes-compressibility-rwr": Preset(
         "reward-weighted regression (sparse weights: the top 10% of each batch) on shapes-sd, reward = minus the JPEG size",
         _SHAPES_COMMON | {"reward.name": "jpeg-compressibility", "train.algorithm": "rwr",
-                          "train.rwr_percentile": 90.0, "train.learning_rate": 1e-3, "sample.num_steps": 10}),
+                          "rwr.percentile": 90.0, "train.learning_rate": 1e-3, "sample.num_steps": 10}),
     "shapes-compressibility": Preset(
         "DDPO-IS on shapes-sd, reward = minus the JPEG size",
         _SHAPES_COMMON | {"reward.name": "jpeg-compressibility", "train.advantages": "batch"}),
@@ -188,8 +188,8 @@ PRESETS: dict[str, Preset] = {
         "DiffusionNFT's GenEval run on SD3.5-Medium (CFG-free DPM-Solver++(2M) rollouts, one optimizer "
         "step per epoch; GPU, untested here)",
         _SD35 | {"train.algorithm": "nft", "sample.sampler": "flow-dpm2", "sample.guidance_scale": 1.0,
-                 "train.gradient_accumulation_steps": 16, "train.kl_coef": 1e-4, "train.nft_beta": 1.0,
-                 "train.nft_loss": "x0-adaptive", "train.nft_old_decay": "ramp", "train.ema_update_interval": 1,
+                 "train.gradient_accumulation_steps": 16, "train.kl_coef": 1e-4, "nft.beta": 1.0,
+                 "nft.loss": "x0-adaptive", "nft.old_decay": "ramp", "train.ema_update_interval": 1,
                  "reward.name": "remote:http://127.0.0.1:18085"}),
     "sd15-compressibility": Preset(
         "the DDPO paper's JPEG compressibility run on Stable Diffusion 1.4 (GPU; untested here)",

@@ -85,6 +85,27 @@ def eps_from_prediction(pred: Tensor, x_t: Tensor, alpha_bar_t: Tensor | float,
     raise ValueError(f"unknown prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample")
 
 
+def _per_sample(level: Tensor | float, x0: Tensor) -> Tensor | float:
+    """A (B,) noise level viewed to broadcast over x0's (B, ...) dims; a scalar as it is."""
+    if isinstance(level, Tensor) and level.ndim == 1:
+        return level.view(-1, *([1] * (x0.ndim - 1)))
+    return level
+
+
+def diffusion_noised(x0: Tensor, alpha_bar: Tensor | float, noise: Tensor) -> Tensor:
+    """The forward process of a diffusion model, q(x_t | x_0): x_t = sqrt(ab_t) x_0 + sqrt(1 - ab_t) eps.
+    `alpha_bar` is a scalar or one level per sample, (B,)."""
+    ab = _per_sample(alpha_bar, x0)
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def flow_noised(x0: Tensor, sigma: Tensor | float, noise: Tensor) -> Tensor:
+    """The forward process of a rectified flow: x_t = (1 - sigma) x_0 + sigma x_1, x_1 the noise.
+    `sigma` is a scalar or one level per sample, (B,)."""
+    s = _per_sample(sigma, x0)
+    return (1 - s) * x0 + s * noise
+
+
 def ddim_x0(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float) -> Tensor:
     """The data prediction x0_hat = (x_t - sqrt(1 - ab_t) eps) / sqrt(ab_t) (diffusers' pred_original_sample)."""
     ab_t = torch.as_tensor(alpha_bar_t, dtype=torch.float32)
@@ -283,9 +304,8 @@ class DDIMSampler:
         return ddim_x0(x_t, eps, self.schedule.alpha_bar[j].view(view))
 
     def noise_to(self, j: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
-        """q(x_t | x0) at step j's noise level: sqrt(ab_t) x0 + sqrt(1 - ab_t) noise."""
-        ab = self.schedule.alpha_bar[j]
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+        """q(x_t | x0) at step j's noise level."""
+        return diffusion_noised(x0, self.schedule.alpha_bar[j], noise)
 
     def step(self, j: Tensor, x_t: Tensor, eps: Tensor, *, noise: Tensor | None = None,
              x_prev: Tensor | None = None, previous: tuple[Tensor, Tensor] | None = None) -> Step:
@@ -335,9 +355,8 @@ class FlowSampler:
         return _fp32(x_t) - self.sigmas[j].view(view) * _fp32(v)
 
     def noise_to(self, j: Tensor, x0: Tensor, noise: Tensor) -> Tensor:
-        """The flow's forward process at step j's level: (1 - sigma) x0 + sigma noise."""
-        sigma = self.sigmas[j]
-        return (1 - sigma) * x0 + sigma * noise
+        """The flow's forward process at step j's level."""
+        return flow_noised(x0, self.sigmas[j], noise)
 
     def step_size(self, j: Tensor) -> Tensor:
         """dt = sigma_j - sigma_{j+1} > 0 of step j."""

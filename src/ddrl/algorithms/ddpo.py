@@ -17,11 +17,11 @@ import torch
 from ..config import ConfigError
 from ..losses.ddpo import gaussian_kl_same_std, ppo_clip_loss, score_function_loss
 from .advantage_tracker import AdvantageTracker
-from .base import Algorithm, Context, EpochRewards, Rollouts
+from .base import Context, EpochRewards, RolloutAlgorithm, Rollouts
 from .policy_gradient import rescore_update, single_pass_applies, single_pass_update
 
 
-class DDPO(Algorithm):
+class DDPO(RolloutAlgorithm):
     prediction = "epsilon"
     score_function = False  # DDPO-IS; DDPO-SF sets it
 
@@ -46,8 +46,8 @@ class DDPO(Algorithm):
     def keeps_sampling_graph(cls, cfg) -> bool:
         return single_pass_applies(cfg)
 
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
+    def __init__(self, options, ctx: Context):
+        super().__init__(options, ctx)
         self.advantages = AdvantageTracker(ctx.cfg.train)
         self.stochastic = ctx.sampler.stochastic.nonzero().flatten()  # the steps that have log-probs
         self.k = self.trained_steps(ctx.cfg)

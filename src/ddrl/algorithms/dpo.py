@@ -8,8 +8,8 @@
 - `online-dpo`: flow_grpo scripts/train_sd3_dpo.py. Each epoch samples a group per prompt from the
   reference policy; the best and worst of a group by the reward are a pair (argmax / argmin; a group
   whose rewards are all equal carries no pair). The reference, which samples and anchors the loss,
-  is the base model, refreshed from the learner every `train.dpo_ref_update_steps` optimizer
-  steps (flow_grpo: never for "DPO", 40 for "OnlineDPO").
+  is the base model, refreshed from the learner every `dpo.ref_update_steps` optimizer steps
+  (flow_grpo: never for "DPO", 40 for "OnlineDPO").
 - `sft`: flow_grpo scripts/train_sd3_sft.py. The same sampling; the plain denoising loss on the
   samples with their group's highest reward, averaged over all samples (weight 1 or 0).
 
@@ -20,6 +20,8 @@ reproducible and resume exactly.
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -28,21 +30,40 @@ from ..config import ConfigError
 from ..data import DataError, pair_latents, read_pair_rows
 from ..losses.dpo import diffusion_dpo_loss
 from ..models.policy import Cond
-from .base import Algorithm, Context, EpochRewards, Rollouts, mean_stats, minibatches
+from ..options import option
+from .base import Algorithm, Context, EpochRewards, RolloutAlgorithm, Rollouts, mean_stats, minibatches
 from .forward_process import ForwardProcess
 
-# the effective beta of s = -beta * Delta when train.dpo_beta is not set (ALGORITHMS.md section 5)
+# the effective beta of s = -beta * Delta when dpo.beta is not set (ALGORITHMS.md section 5)
 DEFAULT_BETA = {"epsilon": 2500.0, "velocity": 50.0}
 
 
-def dpo_beta(cfg, prediction: str) -> float:
-    return cfg.train.dpo_beta if cfg.train.dpo_beta is not None else DEFAULT_BETA[prediction]
+@dataclass(frozen=True)
+class DPOOptions:
+    """The options of dpo, online-dpo and sft."""
+
+    section: ClassVar[str] = "dpo"
+    beta: float | None = option(
+        None, "(0, inf)", "dpo/online-dpo: the effective beta of s = -beta * Delta on per-element-mean errors; "
+        "None: 2500 for diffusion models, 50 for flow models. Salesforce's --beta_dpo B and flow_grpo's "
+        "train.beta B are B / 2 here (they scale by 1/2), diffusers' --beta_dpo B is B")
+    ref_update_steps: int = option(
+        40, "[0, inf)", "online-dpo/sft: optimizer steps between copies of the learner into the reference, which "
+        "samples the pairs and anchors the loss (flow_grpo's OnlineDPO: 40; 0 never: pairs always from the base "
+        "model, flow_grpo's DPO)")
+    tied_groups: Literal["drop", "arbitrary"] = option(
+        "drop", None, "online-dpo: a group whose rewards are all equal gives no pair (drop), or its second sample "
+        "over its first, as flow_grpo's stat tracker (arbitrary)")
+
+
+def dpo_beta(options: DPOOptions, prediction: str) -> float:
+    return options.beta if options.beta is not None else DEFAULT_BETA[prediction]
 
 
 def pair_step(ctx: Context, fp: ForwardProcess, x0_w: Tensor, x0_l: Tensor, cond: Cond,
-              gens: list[torch.Generator], reference, beta: float, scale: float) -> dict[str, float]:
-    """One Diffusion-DPO backward on B pairs, the loss mean times `scale`; returns its statistics.
-    The reference pass runs first: it may swap weights into the trained parameters."""
+              gens: list[torch.Generator], reference, beta: float) -> tuple[Tensor, dict[str, float]]:
+    """The Diffusion-DPO loss of B pairs, their mean (with graph), and its statistics. The
+    reference pass runs first: it may swap weights into the trained parameters."""
     level, noise = fp.draw(tuple(x0_w.shape[1:]), gens)
     level, noise = level.to(x0_w.device), noise.to(x0_w.device)
     x_w, target = fp.noised(x0_w, level, noise)
@@ -54,9 +75,8 @@ def pair_step(ctx: Context, fp: ForwardProcess, x0_w: Tensor, x0_l: Tensor, cond
         err = fp.error(ctx.policy.predict(x, t, c), torch.cat([target, target_l]), t)
     b = len(x0_w)
     loss, s = diffusion_dpo_loss(err[:b], err[b:], ref_err[:b], ref_err[b:], beta)
-    (loss.mean() * scale).backward()
     e, r = err.detach(), ref_err
-    return {"train/loss": float(loss.detach().mean()), "train/implicit_accuracy": float((s > 0).float().mean()),
+    return loss.mean(), {"train/loss": float(loss.detach().mean()), "train/implicit_accuracy": float((s > 0).float().mean()),
             "train/reward_margin": float(s.detach().mean()),
             "train/mse_gap_policy": float((e[:b] - e[b:]).mean()), "train/mse_gap_reference": float((r[:b] - r[b:]).mean()),
             "train/mse_policy": float(e.mean()), "train/mse_reference": float(r.mean())}
@@ -65,6 +85,7 @@ def pair_step(ctx: Context, fp: ForwardProcess, x0_w: Tensor, x0_l: Tensor, cond
 class DPO(Algorithm):
     """Offline Diffusion-DPO on `data.pairs`."""
 
+    Options = DPOOptions
     prediction = None  # diffusion and flow models alike
 
     @classmethod
@@ -80,10 +101,6 @@ class DPO(Algorithm):
                               f"({cfg.train.gradient_accumulation_steps})")
 
     @classmethod
-    def uses_rollouts(cls, cfg) -> bool:
-        return False
-
-    @classmethod
     def needs_reference(cls, cfg) -> bool:
         return True
 
@@ -91,11 +108,17 @@ class DPO(Algorithm):
     def trained_steps(cls, cfg) -> int:
         return 1
 
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
+    @classmethod
+    def describe(cls, cfg, num_processes: int = 1) -> str:
+        t = cfg.train
+        return (f"{cfg.data.pairs_per_epoch or 'one pass over the'} pairs of {cfg.data.pairs} per epoch, optimizer "
+                f"steps of {t.batch_size * t.gradient_accumulation_steps * num_processes} pairs")
+
+    def __init__(self, options: DPOOptions, ctx: Context):
+        super().__init__(options, ctx)
         cfg = ctx.cfg
         self.fp = ForwardProcess(ctx.policy)
-        self.beta = dpo_beta(cfg, ctx.policy.prediction)
+        self.beta = dpo_beta(options, ctx.policy.prediction)
         factor = ctx.policy.pipe.vae_scale_factor
         resolution = cfg.data.resolution or ctx.policy.latent_shape[-1] * factor
         if resolution % (2 * factor):  # an even latent side, as the UNets' and transformers' 2x2 patches need
@@ -143,9 +166,10 @@ class DPO(Algorithm):
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         ctx, cfg = self.ctx, self.ctx.cfg
-        bs, ga, world, p = cfg.train.batch_size, cfg.train.gradient_accumulation_steps, ctx.num_processes, ctx.process_index
+        bs, world, p = cfg.train.batch_size, ctx.num_processes, ctx.process_index
         frac, device = cfg.data.empty_prompt_fraction, ctx.policy.device
         stats: dict[str, list[float]] = defaultdict(list)
+        acc = ctx.accumulation(stats)
         for mb in range(self.per_epoch // (bs * world)):
             positions = [self.position + mb * bs * world + p * bs + j for j in range(bs)]
             gens = [ctx.generator(epoch, pos, purpose="pairs") for pos in positions]
@@ -155,12 +179,11 @@ class DPO(Algorithm):
                        for i, g in zip(idx, gens)]
             with torch.no_grad():
                 cond = ctx.policy.encode(prompts)
-            out = pair_step(ctx, self.fp, x0_w.to(device), x0_l.to(device), cond, gens, ctx.reference,
-                            self.beta, 1 / ga)
+            loss, out = pair_step(ctx, self.fp, x0_w.to(device), x0_l.to(device), cond, gens, ctx.reference, self.beta)
+            acc.backward(loss)
             for k, v in out.items():
                 stats[k].append(v)
-            if (mb + 1) % ga == 0:
-                stats["train/grad_norm"].append(ctx.optimizer_step())
+            acc.end_minibatch(mb)
         self.position += self.per_epoch
         return mean_stats(stats) | {"data/pairs_seen": float(self.position),
                                     "data/passes": self.position / len(self.data)}
@@ -192,10 +215,11 @@ def group_winners(batch: EpochRewards, tied: str) -> Tensor:
     return out
 
 
-class _SampledFromReference(Algorithm):
+class _SampledFromReference(RolloutAlgorithm):
     """Sampling from the reference, which is the base model until the first refresh and then a
-    snapshot of the learner taken every `train.dpo_ref_update_steps` optimizer steps."""
+    snapshot of the learner taken every `dpo.ref_update_steps` optimizer steps."""
 
+    Options = DPOOptions
     prediction = None
 
     @classmethod
@@ -219,8 +243,8 @@ class _SampledFromReference(Algorithm):
         # flow_grpo draws int(num_steps * timestep_fraction) fresh noise levels per sample
         return max(1, int(cfg.sample.num_steps * cfg.train.timestep_fraction))
 
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
+    def __init__(self, options: DPOOptions, ctx: Context):
+        super().__init__(options, ctx)
         self.fp = ForwardProcess(ctx.policy)
         self.snapshot: dict[str, Tensor] | None = None
         self.refreshed_at = 0
@@ -232,7 +256,7 @@ class _SampledFromReference(Algorithm):
         return self.reference()
 
     def maybe_refresh(self) -> dict[str, float]:
-        n, steps = self.ctx.cfg.train.dpo_ref_update_steps, self.ctx.optimizer_steps()
+        n, steps = self.options.ref_update_steps, self.ctx.optimizer_steps()
         if n and steps - self.refreshed_at >= n:
             self.snapshot = {k: v.clone() for k, v in self.ctx.trainable_state().items()}
             self.refreshed_at = steps
@@ -249,32 +273,32 @@ class _SampledFromReference(Algorithm):
 
 
 class OnlineDPO(_SampledFromReference):
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
-        self.beta = dpo_beta(ctx.cfg, ctx.policy.prediction)
+    def __init__(self, options: DPOOptions, ctx: Context):
+        super().__init__(options, ctx)
+        self.beta = dpo_beta(options, ctx.policy.prediction)
 
     def signal(self, batch: EpochRewards, metrics: dict) -> Tensor:
-        out = group_winners(batch, self.ctx.cfg.train.dpo_tied_groups)
+        out = group_winners(batch, self.options.tied_groups)
         metrics["train/pair_fraction"] = float((out > 0).sum() / batch.groups.unique().numel())
         return out
 
     def update(self, ro: Rollouts, signal: Tensor, epoch: int) -> dict[str, float]:
-        ctx, t = self.ctx, self.ctx.cfg.train
-        k, ga = self.trained_steps(ctx.cfg), t.gradient_accumulation_steps
+        ctx, k = self.ctx, self.trained_steps(self.ctx.cfg)
         group = ro.global_idx // ctx.cfg.sample.images_per_prompt
         loser_of = {int(group[i]): i for i in (signal < 0).nonzero().flatten().tolist()}
         stats: dict[str, list[float]] = defaultdict(list)
+        acc = ctx.accumulation(stats)
         for _, mb, rows, gens in minibatches(ctx, ro, epoch, keep=signal > 0):
             if len(rows):
                 losers = torch.tensor([loser_of[int(group[i])] for i in rows])
                 x0_w, x0_l = ro.latents[rows, -1], ro.latents[losers, -1]
                 cond = ctx.cond_table[ro.prompt_ids[rows]]
                 for _ in range(k):  # the reference's loop over num_train_timesteps fresh draws
-                    out = pair_step(ctx, self.fp, x0_w, x0_l, cond, gens, self.reference, self.beta, 1 / (ga * k))
+                    loss, out = pair_step(ctx, self.fp, x0_w, x0_l, cond, gens, self.reference, self.beta)
+                    acc.backward(loss, k)  # the mean over the k draws
                     for key, v in out.items():
                         stats[key].append(v)
-            if (mb + 1) % ga == 0:
-                stats["train/grad_norm"].append(ctx.optimizer_step())
+            acc.end_minibatch(mb)
         return mean_stats(stats) | self.maybe_refresh()
 
 
@@ -294,9 +318,9 @@ class SFT(_SampledFromReference):
         return best
 
     def update(self, ro: Rollouts, weights: Tensor, epoch: int) -> dict[str, float]:
-        ctx, t = self.ctx, self.ctx.cfg.train
-        k, ga = self.trained_steps(ctx.cfg), t.gradient_accumulation_steps
+        ctx, k = self.ctx, self.trained_steps(self.ctx.cfg)
         stats: dict[str, list[float]] = defaultdict(list)
+        acc = ctx.accumulation(stats)
         for _, mb, rows, gens in minibatches(ctx, ro, epoch):
             keep = weights[rows].cpu() > 0
             if keep.any():  # rows of weight 0 add nothing but still count in the mean, as the reference
@@ -309,8 +333,7 @@ class SFT(_SampledFromReference):
                     x_t, target = self.fp.noised(x0, level, noise)
                     with ctx.autocast():
                         err = self.fp.error(ctx.policy.predict(x_t, level, cond), target, level)
-                    (err.sum() / (len(rows) * ga * k)).backward()
+                    acc.backward(err.sum(), len(rows) * k)
                     stats["train/loss"].append(float(err.detach().sum() / len(rows)))
-            if (mb + 1) % ga == 0:
-                stats["train/grad_norm"].append(ctx.optimizer_step())
+            acc.end_minibatch(mb)
         return mean_stats(stats) | self.maybe_refresh()

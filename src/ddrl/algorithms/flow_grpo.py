@@ -18,11 +18,11 @@ from ..config import ConfigError
 from ..losses.ddpo import ppo_clip_loss
 from ..losses.flow_grpo import flow_grpo_kl
 from .advantage_tracker import AdvantageTracker
-from .base import Algorithm, Context, EpochRewards, Rollouts
+from .base import Context, EpochRewards, RolloutAlgorithm, Rollouts
 from .policy_gradient import rescore_update, single_pass_applies, single_pass_update
 
 
-class FlowGRPO(Algorithm):
+class FlowGRPO(RolloutAlgorithm):
     prediction = "velocity"
     name = "flow-grpo"
 
@@ -43,8 +43,8 @@ class FlowGRPO(Algorithm):
     def keeps_sampling_graph(cls, cfg) -> bool:
         return single_pass_applies(cfg) and not cls.filters(cfg)
 
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
+    def __init__(self, options, ctx: Context):
+        super().__init__(options, ctx)
         self.advantages = AdvantageTracker(ctx.cfg.train)
         stochastic = ctx.sampler.stochastic.nonzero().flatten()
         self.trained = stochastic[:self.trained_steps(ctx.cfg)]  # in order, every sample alike

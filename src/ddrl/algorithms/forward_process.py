@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-
+from ..sampling import diffusion_noised, flow_noised
 
 class ForwardProcess:
     def __init__(self, policy):
@@ -44,12 +44,9 @@ class ForwardProcess:
 
     def noised(self, x0: Tensor, level: Tensor, noise: Tensor) -> tuple[Tensor, Tensor]:
         """(x_t, the regression target of `policy.predict`: eps, or the velocity eps - x_0)."""
-        shape = (-1, *([1] * (x0.ndim - 1)))
         if self.velocity:
-            s = level.to(x0.device).view(shape)
-            return (1 - s) * x0 + s * noise, noise - x0
-        ab = self.alphas_cumprod.to(x0.device)[level.long()].view(shape)
-        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise, noise
+            return flow_noised(x0, level.to(x0.device), noise), noise - x0
+        return diffusion_noised(x0, self.alphas_cumprod.to(x0.device)[level.long()], noise), noise
 
     def error(self, pred: Tensor, target: Tensor, level: Tensor) -> Tensor:
         """mean_D ||native target - native prediction||^2 per sample, fp32, (B,)."""

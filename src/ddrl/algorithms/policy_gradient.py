@@ -19,6 +19,7 @@ from torch import Tensor
 from ..bounds import uses_guidance
 from ..models.policy import guided_prediction
 from ..sampling import Step
+from ..run.step import Accumulation
 from .base import Context, Rollouts, mean_stats, minibatches
 
 StepLoss = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]  # (log_prob, old, adv)
@@ -30,9 +31,10 @@ def rescore_update(ctx: Context, ro: Rollouts, adv: Tensor, epoch: int, *, steps
     """`steps_of(row's generator)` gives the (k,) steps a row trains; `keep` (n,) the rows trained
     (the others are dropped and the rest re-batched)."""
     cfg, t = ctx.cfg, ctx.cfg.train
-    ga, policy, sampler = t.gradient_accumulation_steps, ctx.policy, ctx.sampler
+    policy, sampler = ctx.policy, ctx.sampler
     w = cfg.sample.guidance_scale if t.rescore_with_guidance else 1.0
     stats: dict[str, list[float]] = defaultdict(list)
+    acc = ctx.accumulation(stats)
     for inner, mb, rows, gens in minibatches(ctx, ro, epoch, keep):
         if len(rows):
             steps = torch.stack([steps_of(g) for g in gens])  # (B, k)
@@ -57,12 +59,11 @@ def rescore_update(ctx: Context, ro: Rollouts, adv: Tensor, epoch: int, *, steps
                     kl_terms = kl(step, mean_ref, s)
                     terms = terms + t.kl_coef * kl_terms
                     stats["train/kl_ref"].append(float(kl_terms.detach().mean()))
-                (terms.sum() / (len(rows) * ga * k)).backward()
+                acc.backward(terms.sum(), len(rows) * k)
                 for key, v in st.items():
                     stats[f"train/{key}"].append(float(v))
                 stats["train/loss"].append(float(terms.detach().mean()))
-        if (mb + 1) % ga == 0:
-            stats["train/grad_norm"].append(ctx.optimizer_step())
+        acc.end_minibatch(mb)
     out = mean_stats(stats)
     if stats["train/logprob_gap"]:
         out["train/logprob_gap"] = max(stats["train/logprob_gap"])
@@ -76,17 +77,18 @@ def single_pass_update(ctx: Context, ro: Rollouts, adv: Tensor, loss: StepLoss) 
     -A grad log p. So backward through the sampling pass instead of running it again."""
     n, T = ro.log_probs.shape
     stats: dict[str, list[float]] = defaultdict(list)
+    acc = Accumulation(ctx.optimizer_step, 1, stats)  # one optimizer step over the whole epoch
     start = 0
     for lp in ro.graph_log_probs:  # (b, T) per sampling batch, with graph
         a = adv[start:start + len(lp), None].expand_as(lp)
         terms, st = loss(lp, lp.detach(), a)
-        (terms.sum() / (n * T)).backward()
+        acc.backward(terms.sum(), n * T)
         for key, v in st.items():
             stats[f"train/{key}"].append(float(v))
         stats["train/loss"].append(float(terms.detach().mean()))
         start += len(lp)
     ro.graph_log_probs.clear()  # free the graphs
-    stats["train/grad_norm"].append(ctx.optimizer_step())
+    acc.end_minibatch(0)
     return mean_stats(stats) | {"train/logprob_gap": 0.0}
 
 

@@ -31,8 +31,8 @@ class PrefGRPO(FlowGRPO):
                               f"sample.images_per_prompt ({s.images_per_prompt}) must divide train.batch_size "
                               f"({t.batch_size})")
 
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
+    def __init__(self, options, ctx: Context):
+        super().__init__(options, ctx)
         self.judge = None
         if ctx.cfg.reward.pairwise:
             from ..rewards import get_reward

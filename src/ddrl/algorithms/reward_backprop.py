@@ -30,7 +30,8 @@ before each reward step (ReFL's SDXL script does this on a dataset).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Literal
 
 import torch
 import torch.utils.checkpoint
@@ -40,8 +41,44 @@ from ..config import ConfigError
 from ..losses.reward_backprop import DEFAULTS, reward_loss
 from ..models.policy import Cond, guided_prediction
 from ..rewards import check_output, non_differentiable, parse
+from ..options import option
 from .base import Algorithm, Context, mean_stats
 from .forward_process import ForwardProcess
+
+
+@dataclass(frozen=True)
+class BackpropOptions:
+    """The options of refl, draft and alignprop; None: the algorithm's reference value."""
+
+    section: ClassVar[str] = "backprop"
+    loss: Literal["neg", "relu", "abs"] | None = option(
+        None, None, "phi(r) minimised: neg (-r; draft, alignprop), relu (ReLU(target - r); refl) or abs (|r - target|)")
+    target: float | None = option(None, "(-inf, inf)", "lambda of relu (refl: 2) or the target of abs "
+                                  "(AlignProp's aesthetic run: 10)")
+    scale: float | None = option(None, "(0, inf)", "the loss's factor (refl's grad_scale 1e-3, alignprop's "
+                                 "loss_coeff 0.01, draft 1)")
+    steps: int = option(1, "[1, inf)", "draft: K, the last steps backpropagated through (DRaFT-K); alignprop with "
+                        "truncation fixed")
+    lv_samples: int = option(0, "[0, inf)", "draft: n > 0 is DRaFT-LV (K = 1): n noised copies of each sample's x0 "
+                             "each take the last step with grad")
+    refl_first_step: int | None = option(None, "[0, inf)", "refl: the grad step m ~ U{first..last} (step indices "
+                                         "from 0); None: 3T/4 (ReFL: 30 of 40)")
+    refl_last_step: int | None = option(None, "[0, inf)", "refl: None: T - 1 (ReFL: 39 of 40)")
+    truncation: Literal["gaussian", "uniform", "fixed"] = option(
+        "gaussian", None, "alignprop: where backprop starts, drawn per minibatch: gaussian (b = int(N(T - "
+        "mean_steps, std))), uniform over [1, T), or fixed (the last `steps`); b is redrawn until in [1, T), as AlignProp")
+    truncation_mean_steps: float = option(8.0, "(0, inf)", "alignprop gaussian: mean steps backpropagated "
+                                          "(AlignProp: mean 42 of 50 steps)")
+    truncation_std: float = option(5.0, "[0, inf)", "alignprop gaussian: std of the truncation point")
+    checkpointing: bool = option(True, None, "recompute each network call with gradients in the backward pass "
+                                 "(torch.utils.checkpoint), so activation memory does not grow with the steps "
+                                 "backpropagated (AlignProp: always)")
+    pretrain_loss: bool = option(False, None, "before each reward step, an optimizer step on the denoising loss of "
+                                 "the base model's own samples (ReFL's SDXL script's --apply_pre_loss, which uses a dataset)")
+
+
+def _options(cfg) -> BackpropOptions:
+    return cfg.options if isinstance(cfg.options, BackpropOptions) else BackpropOptions()
 
 
 def predict(ctx: Context, x: Tensor, t: Tensor, cond: Cond, uncond: Cond, checkpointed: bool) -> Tensor:
@@ -104,6 +141,7 @@ def alignprop_first_step(gen: torch.Generator, T: int, truncation: str, mean_ste
 class RewardBackprop(Algorithm):
     """The shared minibatch loop; subclasses say where gradients start and what is scored."""
 
+    Options = BackpropOptions
     prediction = None  # diffusion (DDIM) and flow models alike
     key: str
 
@@ -129,21 +167,24 @@ class RewardBackprop(Algorithm):
 
     @classmethod
     def loss_settings(cls, cfg) -> tuple[str, float | None, float]:
-        b, (loss, target, scale) = cfg.backprop, DEFAULTS[cls.key]
+        b, (loss, target, scale) = _options(cfg), DEFAULTS[cls.key]
         return (b.loss or loss, target if b.target is None else b.target, scale if b.scale is None else b.scale)
 
     @classmethod
-    def uses_rollouts(cls, cfg) -> bool:
-        return False
+    def needs_reference(cls, cfg) -> bool:
+        return cfg.train.kl_coef > 0 or _options(cfg).pretrain_loss
 
     @classmethod
-    def needs_reference(cls, cfg) -> bool:
-        return cfg.train.kl_coef > 0 or cfg.backprop.pretrain_loss
+    def describe(cls, cfg, num_processes: int = 1) -> str:
+        return (f"{cfg.global_samples_per_epoch(num_processes)} samples per epoch, each sampled in "
+                f"{cfg.sample.num_steps} steps with about {cls.trained_steps(cfg)} backpropagated through; "
+                f"{cfg.samples_per_epoch // (cfg.train.batch_size * cfg.train.gradient_accumulation_steps)} "
+                f"optimizer step(s) per epoch")
 
-    def __init__(self, ctx: Context):
-        super().__init__(ctx)
+    def __init__(self, options: BackpropOptions, ctx: Context):
+        super().__init__(options, ctx)
         self.loss, self.target, self.scale = self.loss_settings(ctx.cfg)
-        self.fp = ForwardProcess(ctx.policy) if ctx.cfg.backprop.pretrain_loss else None
+        self.fp = ForwardProcess(ctx.policy) if _options(ctx.cfg).pretrain_loss else None
 
     def final_latents(self, x_T: Tensor, cond: Cond, uncond: Cond, noise, gen: torch.Generator
                       ) -> tuple[Tensor, list[Tensor], int, int]:
@@ -155,6 +196,7 @@ class RewardBackprop(Algorithm):
         bs, ga, device = cfg.train.batch_size, cfg.train.gradient_accumulation_steps, ctx.policy.device
         gidx, pids = ctx.plan(epoch)
         stats: dict[str, list[float]] = defaultdict(list)
+        acc = ctx.accumulation(stats)
         rewards, queries = [], 0
         for mb, start in enumerate(range(0, len(gidx), bs)):
             sl = slice(start, start + bs)
@@ -177,13 +219,12 @@ class RewardBackprop(Algorithm):
                 kl = torch.stack(kl_terms).mean()
                 loss = loss + cfg.train.kl_coef * kl
                 stats["train/kl_ref"].append(float(kl.detach()))
-            (loss / ga).backward()
+            acc.backward(loss)
             stats["train/loss"].append(float(loss.detach()))
             stats["train/backprop_steps"].append(float(calls))
             rewards.append(r.detach().cpu().view(copies, -1).mean(0))  # one value per sample
             queries += len(r)
-            if (mb + 1) % ga == 0:
-                stats["train/grad_norm"].append(ctx.optimizer_step())
+            acc.end_minibatch(mb)
         g = ctx.gather(torch.cat(rewards))
         mean, std = float(g.mean()), float(g.std(unbiased=False))
         return mean_stats(stats) | {"reward/mean": mean, "reward/std": std, f"reward/{cfg.reward.name}/mean": mean,
@@ -214,7 +255,7 @@ class DRaFT(RewardBackprop):
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        b, T = cfg.backprop, cfg.sample.num_steps
+        b, T = _options(cfg), cfg.sample.num_steps
         if not 1 <= b.steps <= T:
             raise ConfigError(f"backprop.steps (K = {b.steps}) must be in [1, sample.num_steps = {T}]")
         if b.lv_samples < 0 or (b.lv_samples and b.steps != 1):
@@ -223,10 +264,10 @@ class DRaFT(RewardBackprop):
 
     @classmethod
     def trained_steps(cls, cfg) -> int:
-        return cfg.backprop.steps
+        return _options(cfg).steps
 
     def final_latents(self, x_T, cond, uncond, noise, gen):
-        ctx, b = self.ctx, self.ctx.cfg.backprop
+        ctx, b = self.ctx, self.options
         T, kl, ck = len(ctx.sampler), ctx.cfg.train.kl_coef > 0, b.checkpointing
         n = b.lv_samples
         if not n:
@@ -253,7 +294,7 @@ class AlignProp(RewardBackprop):
     @classmethod
     def validate(cls, cfg) -> None:
         super().validate(cfg)
-        b, T = cfg.backprop, cfg.sample.num_steps
+        b, T = _options(cfg), cfg.sample.num_steps
         if T < 2:
             raise ConfigError("alignprop draws its truncation point in [1, T): sample.num_steps must be >= 2")
         if b.truncation == "fixed" and not 1 <= b.steps < T:
@@ -264,11 +305,11 @@ class AlignProp(RewardBackprop):
 
     @classmethod
     def trained_steps(cls, cfg) -> int:
-        b = cfg.backprop
+        b = _options(cfg)
         return b.steps if b.truncation == "fixed" else round(b.truncation_mean_steps)
 
     def final_latents(self, x_T, cond, uncond, noise, gen):
-        ctx, b = self.ctx, self.ctx.cfg.backprop
+        ctx, b = self.ctx, self.options
         T = len(ctx.sampler)
         first = alignprop_first_step(gen, T, b.truncation, b.truncation_mean_steps, b.truncation_std, b.steps)
         x, kl_terms, calls = sample_with_grad(ctx, x_T, cond, uncond, noise, first, checkpointed=b.checkpointing,
@@ -278,7 +319,7 @@ class AlignProp(RewardBackprop):
 
 def refl_window(cfg) -> tuple[int, int]:
     """ReFL's [first, last] grad-step window; None defaults to [3T/4, T - 1] ([30, 39] for T = 40)."""
-    b, T = cfg.backprop, cfg.sample.num_steps
+    b, T = _options(cfg), cfg.sample.num_steps
     first = b.refl_first_step if b.refl_first_step is not None else (3 * T) // 4
     return first, b.refl_last_step if b.refl_last_step is not None else T - 1
 
@@ -303,6 +344,6 @@ class ReFL(RewardBackprop):
         first, last = refl_window(ctx.cfg)
         m = int(torch.randint(first, last + 1, (), generator=gen))
         x0_hat, kl_terms, calls = sample_with_grad(ctx, x_T, cond, uncond, noise, m, stop_at=m,
-                                                   checkpointed=ctx.cfg.backprop.checkpointing,
+                                                   checkpointed=_options(ctx.cfg).checkpointing,
                                                    kl=ctx.cfg.train.kl_coef > 0)
         return x0_hat, kl_terms, calls, 1

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..sampling import diffusion_noised, flow_noised
 from . import components as C
 from .data import render_dataset
 
@@ -292,8 +293,7 @@ def _build_sd(cfg: PretrainConfig):
         x_0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
         eps = torch.randn(x_0.shape, generator=gen)
         t = torch.randint(0, len(alpha_bar), (len(idx),), generator=gen)
-        ab = alpha_bar[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x_0 + (1 - ab).sqrt() * eps
+        x_t = diffusion_noised(x_0, alpha_bar[t], eps)
         cond, _ = pipe.encode_prompt(_drop([prompts[i] for i in idx], cfg.cond_dropout, gen),
                                      "cpu", 1, False)
         return F.mse_loss(unet(x_t, t, cond).sample, eps)
@@ -325,8 +325,7 @@ def _build_flow(cfg: PretrainConfig):
         x_0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen) - shift) * sf
         x_1 = torch.randn(x_0.shape, generator=gen)
         sigma = torch.sigmoid(torch.randn(len(idx), generator=gen))  # logit-normal(0, 1)
-        s = sigma.view(-1, 1, 1, 1)
-        x_t = (1 - s) * x_0 + s * x_1
+        x_t = flow_noised(x_0, sigma, x_1)
         batch = _drop([prompts[i] for i in idx], cfg.cond_dropout, gen)
         pe, _, pooled, _ = pipe.encode_prompt(batch, batch, batch, do_classifier_free_guidance=False,
                                               max_sequence_length=C.TEXT_MAX_LENGTH)

@@ -7,9 +7,6 @@ import json
 import math
 from pathlib import Path
 
-import torch
-from torch import Tensor
-
 from ..io import atomic_write, atomic_write_text
 
 
@@ -117,26 +114,3 @@ def plot_reward_curve(rows: list[dict], path: Path, reward_name: str, evals: dic
     fig.tight_layout()
     atomic_write(path, fig.savefig)
     plt.close(fig)
-
-
-def reward_metrics(accelerator, reward, name: str, rewards: Tensor, pids: Tensor, results) -> dict[str, float]:
-    """An epoch's reward statistics: mean and std, the verifier's accuracy and each component's mean
-    (these from every process), and the spread of rewards within prompts seen more than once."""
-    m = {"reward/mean": float(rewards.mean()), "reward/std": float(rewards.std(unbiased=False)),
-         f"reward/{name}/mean": float(rewards.mean()), f"reward/{name}/std": float(rewards.std(unbiased=False))}
-    # the verifier's binary verdict (alone, or as a weighted-sum component), this process's share
-    key = next((k for k in results[0][1] if k == "correct" or k.endswith("/correct")), None)
-    if key is not None and all(key in r[1] for r in results):
-        correct = torch.tensor([float(c) for r in results for c in r[1][key]])
-        m["reward/accuracy"] = float(accelerator.gather(correct.to(accelerator.device)).mean())
-    for c in getattr(reward, "components", ()):  # weighted sums and routes log each part
-        vals = [v for r in results for v in r[1][f"component/{c}"] if v is not None]
-        sc = accelerator.reduce(torch.tensor([sum(vals), len(vals)], dtype=torch.float64,
-                                             device=accelerator.device), "sum")
-        if sc[1] > 0:
-            m[f"reward/{c}/mean"] = float(sc[0] / sc[1])
-    # spread of rewards within prompts seen more than once this epoch
-    stds = [float(rewards[pids == p].std(unbiased=False)) for p in pids.unique() if (pids == p).sum() > 1]
-    if stds:
-        m["prompts/within_prompt_std"] = sum(stds) / len(stds)
-    return m

@@ -122,3 +122,21 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torc
     except Exception as e:  # noqa: BLE001 - any damage to the folder gets the same clear message
         raise DamagedCheckpoint(f"checkpoint {path} is damaged ({type(e).__name__}: {e})") from e
     return weights, opt, groups, state
+
+
+def load_latest_intact(ckpt_dir: Path, load, wait=lambda: None, is_main: bool = True) -> None:
+    """`load(path)` the newest checkpoint that passes its hash manifest. A damaged one is renamed
+    `damaged_epoch_N` (kept for inspection, never loaded or pruned) and the previous one used."""
+    ckpts = list_checkpoints(ckpt_dir)
+    for ckpt in reversed(ckpts):
+        try:
+            load(ckpt)
+            return
+        except DamagedCheckpoint as e:
+            wait()
+            if is_main:
+                ckpt.rename(ckpt.with_name(f"damaged_{ckpt.name}"))
+                print(f"warning: {e}; moved it to damaged_{ckpt.name} and resuming from the checkpoint before it")
+    if ckpts:
+        raise ValueError(f"no intact checkpoint in {ckpt_dir} (each was moved aside as damaged_*); resuming again "
+                         "starts the run from epoch 0")

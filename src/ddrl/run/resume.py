@@ -1,10 +1,11 @@
 """Resume integrity: a run's config.yaml carries a hash of its content, each checkpoint keeps a
-copy of it, and `--resume` continues a run only with the config it was started with.
+copy of it, and a resume continues a run only with the config it was started with.
 
 A resumed run may change only what leaves its results untouched (RESUME_SAFE): more epochs, and
 the cadence of checkpoints and grids. Anything else, or a config.yaml edited by hand, needs
 `--resume-override` (`resume_override=True`); a damaged or incomplete config.yaml is refused
-with the keys that differ from the last checkpoint's copy, which can be copied back.
+with the keys that differ from the last checkpoint's copy, which can be copied back. What the
+keys mean is the caller's: this module sees flat {key: value} dicts.
 """
 
 from __future__ import annotations
@@ -13,7 +14,11 @@ import hashlib
 import re
 from pathlib import Path
 
-from ..config import ADDED, RENAMED, Config, ConfigError, apply_overrides, dump_yaml, flatten
+from typing import Any, Callable
+
+import yaml
+
+from ..config import ConfigError, flatten
 
 NAME = "config.yaml"
 _HEADER = re.compile(r"^# ddrl run config, sha256 ([0-9a-f]{64})\b.*\n")
@@ -27,16 +32,14 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def run_config_text(cfg: Config) -> str:
-    """The resolved config as YAML, under a header line holding the hash of the YAML."""
-    body = dump_yaml(cfg)
+def config_text(nested: dict) -> str:
+    """A config's nested dict as YAML, under a header line holding the hash of the YAML."""
+    body = yaml.safe_dump(nested, sort_keys=False)
     return f"# ddrl run config, sha256 {_sha256(body)} (resume checks it: change settings with overrides)\n{body}"
 
 
 def _parse(path: Path) -> tuple[dict, str | None, str]:
     """(flat values, the hash in the header or None, the YAML body), or a ConfigError naming the file."""
-    import yaml
-
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -52,21 +55,21 @@ def _parse(path: Path) -> tuple[dict, str | None, str]:
     return flatten(data), header.group(1) if header else None, body
 
 
-def read_run_config(run_dir: Path, allow_edited: bool = False) -> Config:
-    """The config a run was started with, from its config.yaml, verified: it must hold every key
-    (a file cut short would otherwise fill the rest with defaults) and match its hash unless
-    `allow_edited`. Problems name the keys that differ from the last checkpoint's copy."""
+def read_run_config(run_dir: Path, missing: Callable[[dict], list[str]], build: Callable[[dict], Any],
+                    allow_edited: bool = False) -> Any:
+    """The config a run was started with, from its config.yaml, verified: `missing(values)` must
+    name no key (a file cut short would otherwise fill the rest with defaults), and it must match
+    its hash unless `allow_edited`; then `build(values)`. Problems name the keys that differ from
+    the last checkpoint's copy."""
     path = run_dir / NAME
     if not path.is_file():
         raise ConfigError(f"{run_dir}: not a ddrl run folder (no {NAME})")
     values, digest, body = _parse(path)
-    values = {RENAMED.get(k, k): v for k, v in values.items()}
-    expected = flatten(Config().to_dict())
-    missing = [k for k in expected if k not in values and k not in ADDED and k.partition(".")[0] not in ADDED]
-    if missing:
-        raise ConfigError(f"{path} is incomplete (cut short or edited): {len(missing)} keys are missing, e.g. "
-                          f"{', '.join(missing[:4])}{_checkpoint_diff(run_dir, values)}")
-    cfg = apply_overrides(Config(), values)
+    absent = missing(values)
+    if absent:
+        raise ConfigError(f"{path} is incomplete (cut short or edited): {len(absent)} keys are missing, e.g. "
+                          f"{', '.join(absent[:4])}{_checkpoint_diff(run_dir, values)}")
+    cfg = build(values)
     if digest is not None and digest != _sha256(body):
         if not allow_edited:
             raise ConfigError(f"{path} was edited or damaged after the run wrote it (its hash does not match)"
@@ -95,13 +98,14 @@ def _checkpoint_diff(run_dir: Path, values: dict) -> str:
     return f"{listed}. The checkpoint's copy is {copy}: copy it to {run_dir / NAME} to resume as the run was"
 
 
-def check_resume(saved: Config, given: Config, override: bool = False) -> list[str]:
-    """The changes of `given` from the run's `saved` config, as 'key: old -> new' lines. Changes
-    outside RESUME_SAFE, or fewer epochs, raise a ConfigError naming them unless `override`."""
-    a, b = flatten(saved.to_dict()), flatten(given.to_dict())
-    changes = {k: (a[k], b[k]) for k in a if a[k] != b[k] and k != "run.output_dir"}
+def check_resume(saved: dict, given: dict, override: bool = False) -> list[str]:
+    """The changes of the nested config `given` from the run's `saved` one, as 'key: old -> new'
+    lines. Changes outside RESUME_SAFE, or fewer epochs, raise a ConfigError naming them unless
+    `override`."""
+    a, b = flatten(saved), flatten(given)
+    changes = {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and k != "run.output_dir"}
     unsafe = [k for k in changes if k not in RESUME_SAFE]
-    if given.run.epochs < saved.run.epochs:
+    if b["run.epochs"] < a["run.epochs"]:
         unsafe.append("run.epochs")
     if unsafe and not override:
         listed = "; ".join(f"{k}: {changes[k][0]!r} in the run, {changes[k][1]!r} given" for k in unsafe[:4])

@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from ..bounds import uses_guidance
-from .sharding import local
+from ..models.policy import Cond
+from ..run.sharding import local
 
 MiB = 2**20
 
@@ -107,14 +108,13 @@ class SavedTensors:
         return sum(self.saved.values())
 
 
-def activation_bytes_per_sample(tr) -> tuple[int, int]:
+def activation_bytes_per_sample(policy, sampler, cond: Cond, uncond: Cond, autocast) -> tuple[int, int]:
     """(kept, recomputed): one forward with gradients on one sample, counting what autograd keeps
     for the backward pass; and, under gradient checkpointing, the largest checkpointed unit's own
     activations, which its recomputation holds during the backward pass (each unit is run once
     more without checkpointing to count them)."""
     from ..models.policy import guided_prediction
 
-    policy = tr.policy
     param_ptrs = {local(p).data_ptr() for m in _modules(policy) for p in m.parameters()}
     recomputed = [0]
     patched = [m for m in policy.denoiser.modules() if getattr(m, "gradient_checkpointing", False)
@@ -132,10 +132,10 @@ def activation_bytes_per_sample(tr) -> tuple[int, int]:
     for m, f in zip(patched, originals):
         m._gradient_checkpointing_func = counting(f)
     x = torch.randn(1, *policy.latent_shape, generator=torch.Generator().manual_seed(0)).to(policy.device)
-    t = tr.sampler.model_time(torch.zeros(1, dtype=torch.long)).to(policy.device)
+    t = sampler.model_time(torch.zeros(1, dtype=torch.long)).to(policy.device)
     try:
-        with SavedTensors(param_ptrs) as kept, tr.accelerator.autocast():
-            out = guided_prediction(policy, x, t, tr.cond_table[:1], tr.uncond, 1.0)
+        with SavedTensors(param_ptrs) as kept, autocast():
+            out = guided_prediction(policy, x, t, cond[:1], uncond, 1.0)
         del out
     finally:
         for m, f in zip(patched, originals):
@@ -149,15 +149,16 @@ def _modules(policy) -> list[torch.nn.Module]:
     return mods if any(m is policy.denoiser for m in mods) else mods + [policy.denoiser]
 
 
-def estimate(tr) -> MemoryEstimate:
-    cfg, t = tr.cfg, tr.cfg.train
-    weights = module_bytes(_modules(tr.policy))
-    if tr._frozen_reference is not None:
-        weights += module_bytes([tr._frozen_reference])
-    shards = [local(p.detach()) for p in tr.params]
+def estimate(cfg, policy, sampler, params: list, frozen_reference, cond: Cond, uncond: Cond, autocast) -> MemoryEstimate:
+    """The run's memory: `params` trained, a `frozen_reference` copy (or None), one sample's activations."""
+    t = cfg.train
+    weights = module_bytes(_modules(policy))
+    if frozen_reference is not None:
+        weights += module_bytes([frozen_reference])
+    shards = [local(p.detach()) for p in params]
     n = sum(p.numel() for p in shards)
     guided = t.rescore_with_guidance and uses_guidance(cfg.sample.guidance_scale)
-    kept, recomputed = activation_bytes_per_sample(tr)
+    kept, recomputed = activation_bytes_per_sample(policy, sampler, cond, uncond, autocast)
     return MemoryEstimate(
         weights=weights, gradients=4 * n, optimizer=optimizer_bytes(shards, t.optimizer),
         ema=4 * n if t.ema_decay > 0 else 0, activations_per_sample=kept, recomputed_per_sample=recomputed,

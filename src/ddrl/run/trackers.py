@@ -34,13 +34,13 @@ def missing_packages(names: list[str]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
-def open_log(run_dir: Path, cfg, start_epoch: int, resume: bool):
-    """The run's MetricsLog, writing to the trackers of `run.report_to`."""
+def open_log(run_dir: Path, report_to: str, config: dict, start_epoch: int, resume: bool):
+    """The run's MetricsLog, writing to the trackers of `report_to` (each given the nested `config`)."""
     from .metrics import MetricsLog
 
-    names = parse_report_to(cfg.run.report_to)
+    names = parse_report_to(report_to)
     external = [n for n in names if n != "tensorboard"]
-    trackers = Trackers(external, run_dir, cfg.to_dict(), resume) if external else None
+    trackers = Trackers(external, run_dir, config, resume) if external else None
     return MetricsLog(run_dir, start_epoch, tensorboard="tensorboard" in names, trackers=trackers)
 
 

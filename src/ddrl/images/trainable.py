@@ -7,11 +7,10 @@ import copy
 
 import torch
 
-from ..config_checks import algorithm_class
 from ..models.policy import ModelError
 
 
-def make_trainable(policy, cfg) -> tuple[list[torch.nn.Parameter], torch.nn.Module | None]:
+def make_trainable(policy, cfg, needs_reference: bool) -> tuple[list[torch.nn.Parameter], torch.nn.Module | None]:
     """(the trained parameters, the frozen reference denoiser or None), set up in place on
     `policy.denoiser`. With LoRA the reference is the same network with the adapter off."""
     net, m = policy.denoiser, cfg.model
@@ -25,7 +24,7 @@ def make_trainable(policy, cfg) -> tuple[list[torch.nn.Parameter], torch.nn.Modu
             torch.manual_seed(cfg.run.seed)
             net.add_adapter(lora)
     else:
-        if algorithm_class(cfg.train.algorithm).needs_reference(cfg):
+        if needs_reference:
             frozen = copy.deepcopy(net).requires_grad_(False)
         net.requires_grad_(True)
     if m.gradient_checkpointing:
