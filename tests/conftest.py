@@ -123,7 +123,6 @@ def tiny_flux_folder(tmp_path_factory):
 def epoch_gradient():
     """run(trainer) -> (the gradient its epoch's one optimizer step would apply, the epoch's
     metrics): the step is replaced by a capture, so the weights do not move."""
-    from concurrent.futures import ThreadPoolExecutor
 
     def run(tr):
         grads = []
@@ -134,7 +133,7 @@ def epoch_gradient():
             return 0.0
 
         tr.optimizer_step = capture
-        metrics = tr.run_epoch(0, ThreadPoolExecutor(1))
+        metrics = tr.run_epoch(0)
         assert len(grads) == 1, "expected one optimizer step per epoch"
         return grads[0], metrics
 

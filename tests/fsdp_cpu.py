@@ -36,7 +36,7 @@ def shard_on_cpu(accelerator, net, optimizer):
 
 
 if __name__ == "__main__":
-    import ddrl.train.loop as loop
+    import ddrl.images.loop as loop
     from ddrl.cli import main
 
     loop.is_sharded = lambda accelerator: accelerator.num_processes > 1

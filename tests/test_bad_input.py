@@ -25,7 +25,7 @@ from ddrl.config_checks import RANGES, validate
 from ddrl.prompts import load_prompt_records
 from ddrl.rewards import RewardError, get_reward, score
 from ddrl.rewards.spec import parse
-from ddrl.train.loop import Trainer
+from ddrl.images.loop import ImageRun
 
 
 def _one_line_error(argv, capsys, code=2) -> str:
@@ -189,7 +189,7 @@ def test_prompts_longer_than_the_text_encoder_reads_are_refused(tiny_sd_folder, 
     cfg = tiny_config(tiny_sd_folder, **{"prompts.source": f"file:{tmp_path / 'long.txt'}"})
     with pytest.raises(ValueError, match=r"prompts.source file:.*long.txt: prompt 2 \('circle circle.*'\) is 32 "
                        r"tokens; the text encoder reads at most 16"):
-        Trainer(cfg, tmp_path / "run")
+        ImageRun(cfg, tmp_path / "run")
     (tmp_path / "huge.txt").write_text("x" * 10_000_000)
     err = _one_line_error(["sample", "--model", str(tiny_sd_folder), "--prompt-file", str(tmp_path / "huge.txt"),
                            "--out", str(tmp_path / "g.png")], capsys)

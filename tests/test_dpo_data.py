@@ -13,8 +13,8 @@ from ddrl.config import ConfigError, DataConfig
 from ddrl.config_checks import validate
 from ddrl.data import DataError, pair_latents, read_pair_rows
 from ddrl.data.latent_cache import preprocess
-from ddrl.train import train
-from ddrl.train.loop import Trainer
+from helpers import train
+from ddrl.images.loop import ImageRun
 
 PROMPTS = ["a red circle", "a blue square", "two green triangles"]
 
@@ -159,16 +159,16 @@ def _dpo_config(folder, pairs, cache, run, **extra):
 
 def test_latents_are_cached_once_and_reused(tiny_sd_folder, tmp_path):
     pairs = _jsonl(tmp_path / "data")
-    first = Trainer(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "a"), tmp_path / "a")
+    first = ImageRun(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "a"), tmp_path / "a")
     files = list((tmp_path / "cache").glob("*/latents.safetensors"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
-    second = Trainer(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "b"), tmp_path / "b")
+    second = ImageRun(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "b"), tmp_path / "b")
     assert files[0].stat().st_mtime_ns == mtime
     for k, v in first.algorithm.data.tensors.items():
         assert torch.equal(v, second.algorithm.data.tensors[k])
     # mirrored images are a different cache (both orientations encoded)
-    Trainer(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "c", **{"data.hflip": False}), tmp_path / "c")
+    ImageRun(_dpo_config(tiny_sd_folder, pairs, tmp_path / "cache", tmp_path / "c", **{"data.hflip": False}), tmp_path / "c")
     assert len(list((tmp_path / "cache").glob("*/latents.safetensors"))) == 2
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from ddrl.config import Config, apply_overrides
 from ddrl.rewards.shapes_pairs import against_base, make_shapes_pairs
-from ddrl.train.loop import Trainer
+from ddrl.images.loop import ImageRun
 from ddrl.worlds.shapes import split
 
 
@@ -25,8 +25,8 @@ def test_offline_dpo_wins_against_the_base_under_the_hidden_preference(tmp_path)
         "train.batch_size": 16, "train.learning_rate": 1e-3, "run.epochs": 4, "sample.num_steps": 10,
         "eval.max_prompts": 1, "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 0,
         "eval.grid_every": 0, "run.output_dir": str(tmp_path / "run")})
-    tr = Trainer(cfg, tmp_path / "run")
-    tr.train()
+    tr = ImageRun(cfg, tmp_path / "run")
+    tr.run()
     prompts = [p for p in split("heldout") for _ in range(2)]
     r = against_base(tr.policy, prompts, [100_000 + i for i in range(len(prompts))], num_steps=10)
     msg = (f"{counts['train']} pairs; held-out win rate {r['win_rate']:.3f} ± {r['win_rate_se']:.3f} over {r['n']} images; "

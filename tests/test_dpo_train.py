@@ -1,15 +1,14 @@
 """Training with the DPO family on the tiny models: SDXL for every kind of algorithm, online DPO
 resuming exactly with its reference snapshot, the learning-rate warm-up and Adafactor."""
 
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 from test_dpo_data import _jsonl
 from test_train import _final_weights, _rows, tiny_config
 
-from ddrl.train import train
-from ddrl.train.loop import Trainer
+from helpers import train
+from ddrl.images.loop import ImageRun
 
 
 @pytest.mark.parametrize("algorithm", ["ddpo-is", "dpo"])
@@ -51,7 +50,7 @@ def test_online_dpo_resumes_exactly_with_its_reference_snapshot(tiny_sd_folder, 
 
 def test_warm_up_scales_the_rate_linearly_from_zero(tiny_sd_folder, tmp_path):
     """diffusers' constant_with_warmup: optimizer step k (from 0) uses lr * min(1, k / warm-up)."""
-    tr = Trainer(tiny_config(tiny_sd_folder, **{"train.lr_warmup_steps": 4, "train.learning_rate": 1e-3}), tmp_path)
+    tr = ImageRun(tiny_config(tiny_sd_folder, **{"train.lr_warmup_steps": 4, "train.learning_rate": 1e-3}), tmp_path)
     seen = []
     for _ in range(6):
         for p in tr.params:
@@ -65,7 +64,7 @@ def test_a_dpo_epoch_logs_the_implicit_accuracy_margin_and_mse_gaps(tiny_sd_fold
     pairs = _jsonl(tmp_path / "data", n=4)
     cfg = tiny_config(tiny_sd_folder, **{"train.algorithm": "dpo", "data.pairs": str(pairs),
                                          "data.cache_dir": str(tmp_path / "cache"), "train.batch_size": 2})
-    m = Trainer(cfg, tmp_path / "run").run_epoch(0, ThreadPoolExecutor(1))
+    m = ImageRun(cfg, tmp_path / "run").run_epoch(0)
     for k in ("train/implicit_accuracy", "train/reward_margin", "train/mse_gap_policy", "train/mse_gap_reference",
               "data/pairs_seen"):
         assert k in m
@@ -82,7 +81,7 @@ def test_before_the_first_step_the_policy_is_its_reference_so_the_loss_is_log_2(
     cfg = tiny_config(request.getfixturevalue(folder), **{
         "train.algorithm": "dpo", "data.pairs": str(pairs), "data.cache_dir": str(tmp_path / "cache"),
         "train.batch_size": 2, "data.pairs_per_epoch": 2, "sample.sampler": "flow-ode" if "sd3" in folder else "ddim"})
-    m = Trainer(cfg, tmp_path / "run").run_epoch(0, ThreadPoolExecutor(1))
+    m = ImageRun(cfg, tmp_path / "run").run_epoch(0)
     assert m["train/reward_margin"] == 0.0 and m["train/implicit_accuracy"] == 0.0
     assert m["train/loss"] == pytest.approx(math.log(2), rel=1e-7)
     assert m["train/mse_gap_policy"] == m["train/mse_gap_reference"]
@@ -92,9 +91,9 @@ def test_before_the_first_step_the_policy_is_its_reference_so_the_loss_is_log_2(
 def test_online_algorithms_train_a_flow_model_on_velocity_errors(tiny_sd3_folder, tmp_path, algorithm):
     cfg = tiny_config(tiny_sd3_folder, **{"train.algorithm": algorithm, "sample.sampler": "flow-sde",
                                           "sample.images_per_prompt": 2, "train.batch_size": 2})
-    tr = Trainer(cfg, tmp_path / "run")
+    tr = ImageRun(cfg, tmp_path / "run")
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     assert torch.isfinite(torch.tensor(m["train/loss"]))
     assert any(not torch.equal(v, tr.trainable_state()[k]) for k, v in before.items())
 
@@ -108,6 +107,6 @@ def test_a_resolution_the_model_cannot_take_or_a_sampler_of_the_other_kind_is_on
     dpo = {"train.algorithm": "dpo", "data.pairs": str(pairs), "data.cache_dir": str(tmp_path / "cache"),
            "train.batch_size": 2}
     with pytest.raises(ConfigError, match=r"data.resolution 36 must be a multiple of 8 for .*downsampling factor 4"):
-        Trainer(tiny_config(tiny_sd_folder, **dpo | {"data.resolution": 36}), tmp_path / "a")
+        ImageRun(tiny_config(tiny_sd_folder, **dpo | {"data.resolution": 36}), tmp_path / "a")
     with pytest.raises(ModelError, match="sample.sampler ddim does not sample it: use flow-sde"):
-        Trainer(tiny_config(tiny_sd3_folder, **dpo), tmp_path / "b")
+        ImageRun(tiny_config(tiny_sd3_folder, **dpo), tmp_path / "b")

@@ -2,17 +2,17 @@
 configs (the SD3/SD3.5 adapter end to end) and on the built-in shapes-flow model."""
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
 
 from ddrl.algorithms.nft import old_policy_decay
 from ddrl.config import Config, ConfigError, apply_overrides
-from ddrl.config_checks import algorithm_class, validate
+from ddrl.algorithms import algorithm_class
+from ddrl.config_checks import validate
 from ddrl.models.policy import ModelError
-from ddrl.train.loop import Trainer
-from ddrl.train.state import load_latest_intact, save_trainer
+from ddrl.images.loop import ImageRun
+
 
 
 def trained_steps(cfg) -> int:
@@ -40,9 +40,9 @@ def test_flow_grpo_first_minibatch_is_on_policy_and_a_step_trains_sd3(tiny_sd3_f
     epoch's two optimizer steps change the LoRA, with KL to the base model (adapter off)."""
     cfg = flow_config(tiny_sd3_folder, **{"sample.sampler": sampler, "sample.noise_level": 0.7,
                                           "train.kl_coef": 0.04, "train.filter_zero_std": False})
-    tr = Trainer(cfg, tmp_path)
+    tr = ImageRun(cfg, tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     assert m["train/logprob_gap"] == 0.0
     assert m["train/kl_ref"] > 0 and torch.isfinite(torch.tensor(m["train/loss"]))
     assert _changed(before, tr)
@@ -52,8 +52,8 @@ def test_a_noise_window_trains_only_its_steps(tiny_sd3_folder, tmp_path):
     cfg = flow_config(tiny_sd3_folder, **{"sample.sampler": "flow-cps", "sample.noise_level": 0.8,
                                           "sample.noise_window_start": 1, "sample.noise_window_size": 2})
     assert trained_steps(cfg) == 2
-    tr = Trainer(cfg, tmp_path)
-    ro, futures = tr.collect(0, ThreadPoolExecutor(1), type("Bar", (), {"update": lambda *a: None})())
+    tr = ImageRun(cfg, tmp_path)
+    ro = tr.collector(0).rollouts
     assert (ro.log_probs[:, [0, 3]] == 0).all() and (ro.log_probs[:, 1:3] != 0).all()
 
 
@@ -68,9 +68,9 @@ def test_zero_spread_groups_are_skipped(tiny_sd3_folder, tmp_path, monkeypatch):
             return RewardOutput(torch.ones(len(images)))
 
     monkeypatch.setitem(REWARDS, "constant", RewardSpec(Constant, "images", "test"))
-    tr = Trainer(flow_config(tiny_sd3_folder, **{"reward.name": "constant"}), tmp_path)
+    tr = ImageRun(flow_config(tiny_sd3_folder, **{"reward.name": "constant"}), tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     assert m["prompts/zero_std_ratio"] == 1.0 and "train/loss" not in m
     assert not _changed(before, tr)
 
@@ -78,9 +78,9 @@ def test_zero_spread_groups_are_skipped(tiny_sd3_folder, tmp_path, monkeypatch):
 def test_nft_trains_from_ode_rollouts_and_moves_the_old_policy_by_its_ema(tiny_sd3_folder, tmp_path):
     cfg = flow_config(tiny_sd3_folder, **{"train.algorithm": "nft", "sample.sampler": "flow-ode",
                                           "train.timestep_fraction": 0.5, "train.kl_coef": 1e-4})
-    tr = Trainer(cfg, tmp_path)
+    tr = ImageRun(cfg, tmp_path)
     old0 = {k: v.clone() for k, v in tr.algorithm.old.items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     assert cfg.optimizer_steps_per_epoch == 2 and tr.optimizer_steps == 2
     d = old_policy_decay("ramp", 2)  # the decay counts optimizer steps, as DiffusionNFT's return_decay
     assert d == pytest.approx(0.002) and m["train/nft_old_decay"] == pytest.approx(d)
@@ -100,9 +100,9 @@ def test_nft_trains_on_the_rollout_noise_levels_whatever_the_noise_window():
 
 
 def test_pref_grpo_trains_on_win_rates(tiny_sd3_folder, tmp_path):
-    tr = Trainer(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo"}), tmp_path)
+    tr = ImageRun(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo"}), tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
 
 
@@ -114,10 +114,10 @@ def test_pref_grpo_trains_on_a_pairwise_vlm_judges_win_rates(tiny_sd3_folder, ti
     seen = []
     original = pref.win_rate_advantages
     monkeypatch.setattr(pref, "win_rate_advantages", lambda rates, groups: seen.append(rates) or original(rates, groups))
-    tr = Trainer(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo",
+    tr = ImageRun(flow_config(tiny_sd3_folder, **{"train.algorithm": "pref-grpo",
                                                  "reward.pairwise": f"vlm-judge(model={tiny_vlm_folder})"}), tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     group_means = seen[0].view(-1, 4).mean(1)
     torch.testing.assert_close(group_means, torch.full_like(group_means, 0.5))
     assert m["reward/win_rate_std"] > 0 and _changed(before, tr)
@@ -125,8 +125,8 @@ def test_pref_grpo_trains_on_a_pairwise_vlm_judges_win_rates(tiny_sd3_folder, ti
 
 def _lora_reproduces_the_trained_denoiser(folder, run_dir, cfg, pipeline_cls):
     """The exported LoRA, loaded by diffusers into a fresh pipeline, gives the trained model's output."""
-    tr = Trainer(cfg, run_dir)
-    load_latest_intact(tr)
+    tr = ImageRun(cfg, run_dir)
+    tr.load_latest()
     pipe = pipeline_cls.from_pretrained(folder)
     pipe.load_lora_weights(str(run_dir / "lora"))
     x = torch.randn(2, *tr.policy.latent_shape, generator=torch.Generator().manual_seed(0))
@@ -144,7 +144,7 @@ def _lora_reproduces_the_trained_denoiser(folder, run_dir, cfg, pipeline_cls):
 def test_flow_run_exports_an_sd3_lora_that_reproduces_the_trained_transformer(tiny_sd3_folder, tmp_path):
     from diffusers import StableDiffusion3Pipeline
 
-    from ddrl.train import train
+    from helpers import train
 
     cfg = flow_config(tiny_sd3_folder, **{"run.epochs": 1, "run.output_dir": str(tmp_path)})
     train(cfg, tmp_path)
@@ -171,10 +171,10 @@ def test_bad_flow_settings_fail_before_any_work(tiny_sd3_folder, overrides, mess
 
 def test_model_kind_mismatches_are_refused_before_training(tiny_sd_folder, tiny_sd3_folder, tmp_path):
     with pytest.raises(ModelError, match=r"is a diffusion \(epsilon\) model .*; train.algorithm flow-grpo trains a flow"):
-        Trainer(flow_config(tiny_sd_folder), tmp_path)
+        ImageRun(flow_config(tiny_sd_folder), tmp_path)
     ddpo = apply_overrides(Config(), {"model.name": str(tiny_sd3_folder), "reward.name": "jpeg-compressibility"})
     with pytest.raises(ModelError, match=r"flow-matching \(velocity\) model .*; train.algorithm ddpo-is trains a diff"):
-        Trainer(ddpo, tmp_path)
+        ImageRun(ddpo, tmp_path)
 
 
 def test_flux_adapter_reproduces_the_diffusers_pipeline(tiny_flux_folder):
@@ -202,7 +202,7 @@ def test_flux_adapter_reproduces_the_diffusers_pipeline(tiny_flux_folder):
 def test_flow_grpo_trains_flux_and_exports_its_lora(tiny_flux_folder, tmp_path):
     from diffusers import FluxPipeline
 
-    from ddrl.train import train
+    from helpers import train
 
     cfg = flow_config(tiny_flux_folder, **{"run.epochs": 1, "run.output_dir": str(tmp_path), "train.kl_coef": 0.01})
     train(cfg, tmp_path)
@@ -217,16 +217,16 @@ def test_ema_of_the_trained_weights_follows_each_optimizer_step_and_is_checkpoin
     cfg = flow_config(tiny_sd3_folder, **{"train.ema_decay": 0.9, "sample.num_batches_per_epoch": 1,
                                           "run.epochs": 1, "run.output_dir": str(tmp_path)})
     assert cfg.optimizer_steps_per_epoch == 1
-    tr = Trainer(cfg, tmp_path)
+    tr = ImageRun(cfg, tmp_path)
     theta0 = {k: v.clone() for k, v in tr.trainable_state().items()}
-    tr.run_epoch(0, ThreadPoolExecutor(1))
+    tr.run_epoch(0)
     assert _changed(theta0, tr)
     for k, v in tr.trainable_state().items():
         torch.testing.assert_close(tr.ema[k], 2 / 11 * theta0[k] + 9 / 11 * v)
     tr.epoch = 1
-    save_trainer(tr, 1)
-    again = Trainer(cfg, tmp_path)
-    load_latest_intact(again)
+    tr.save(1)
+    again = ImageRun(cfg, tmp_path)
+    again.load_latest()
     for k in tr.ema:
         torch.testing.assert_close(again.ema[k], tr.ema[k], atol=0, rtol=0)
 
@@ -238,18 +238,18 @@ def test_nft_checkpoint_resumes_exactly_with_its_old_policy_and_the_ema(tiny_sd3
     cfg = flow_config(tiny_sd3_folder, **{"train.algorithm": "nft", "sample.sampler": "flow-dpm2",
                                           "train.timestep_fraction": 0.5, "train.kl_coef": 1e-4,
                                           "train.ema_decay": 0.9, "run.output_dir": str(tmp_path / "b")})
-    straight = Trainer(cfg, tmp_path / "a")
+    straight = ImageRun(cfg, tmp_path / "a")
     for e in range(2):
-        straight.run_epoch(e, ThreadPoolExecutor(1))
-    first = Trainer(cfg, tmp_path / "b")
-    first.run_epoch(0, ThreadPoolExecutor(1))
+        straight.run_epoch(e)
+    first = ImageRun(cfg, tmp_path / "b")
+    first.run_epoch(0)
     first.epoch = 1
-    save_trainer(first, 1)
+    first.save(1)
     assert (tmp_path / "b/checkpoints/epoch_000001/algorithm.safetensors").exists()
-    resumed = Trainer(cfg, tmp_path / "b")
-    load_latest_intact(resumed)
+    resumed = ImageRun(cfg, tmp_path / "b")
+    resumed.load_latest()
     assert resumed.optimizer_steps == 2
-    resumed.run_epoch(1, ThreadPoolExecutor(1))
+    resumed.run_epoch(1)
     for got, ref in ((resumed.trainable_state(), straight.trainable_state()), (resumed.algorithm.old, straight.algorithm.old),
                      (resumed.ema, straight.ema)):
         assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)

@@ -6,9 +6,9 @@ import pytest
 
 from ddrl.config import apply_overrides
 from ddrl.presets import preset_config
-from ddrl.train import train
-from ddrl.train.metrics import read_metrics
-from ddrl.train.report import paired_change
+from helpers import train
+from ddrl.run.metrics import read_metrics
+from ddrl.run.report import paired_change
 
 pytestmark = pytest.mark.learning
 

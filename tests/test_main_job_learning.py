@@ -18,8 +18,8 @@ import pytest
 
 from ddrl.config import apply_overrides
 from ddrl.presets import DEFAULT_PRESET, preset_config
-from ddrl.train import train
-from ddrl.train.report import paired_change
+from helpers import train
+from ddrl.run.report import paired_change
 
 pytestmark = pytest.mark.learning
 

@@ -82,7 +82,7 @@ def _ctx(algorithm: str, prediction: str = "epsilon", **overrides) -> tuple[Cont
     ctx = Context(cfg=cfg, policy=policy, sampler=sampler, cond_table=cond_table, uncond=Cond(torch.zeros(1, 2, 5, dtype=torch.float64)),
                   autocast=contextlib.nullcontext, reference=contextlib.nullcontext, optimizer_step=optimizer_step,
                   optimizer_steps=lambda: 0, generator=_gen, gather=lambda x: x, trainable_state=dict,
-                  swapped=lambda w: contextlib.nullcontext(), reward=ToyReward(),
+                  swapped=lambda w: contextlib.nullcontext(), collect=None, reward=ToyReward(),
                   plan=lambda epoch: (torch.arange(B), torch.tensor([0, 1, 2, 0])),
                   prompts_of=lambda pids: (["p"] * len(pids), [{}] * len(pids)))
     return ctx, policy, grads
@@ -114,7 +114,7 @@ def test_draft_k_gradient_is_autograd_through_the_unrolled_last_k_ddim_steps(K):
     / sqrt(ab), std = eta sqrt((1-ab')/(1-ab)) sqrt(1-ab/ab'), x' = sqrt(ab') x0 + sqrt(1-ab'-std^2)
     eps + std z, with guidance u + w (c - u), the same noise draws, and no gradient before step T-K."""
     ctx, policy, grads = _ctx("draft", **{"backprop.steps": K})
-    metrics = DRaFT(ctx).train_epoch(0)
+    metrics = DRaFT(ctx.cfg.options, ctx).train_epoch(0)
     assert metrics["train/backprop_steps"] == K  # network calls with gradients
 
     gens = [_gen(0, i, purpose="noise") for i in range(B)]
@@ -139,7 +139,7 @@ def test_draft_k_through_the_flow_ode_is_autograd_through_unrolled_euler_steps()
     sigma_j) v(x_j, sigma_j), gradients through the last K = 2 steps."""
     K = 2
     ctx, policy, grads = _ctx("draft", "velocity", **{"backprop.steps": K, "sample.sampler": "flow-ode"})
-    DRaFT(ctx).train_epoch(0)
+    DRaFT(ctx.cfg.options, ctx).train_epoch(0)
     gens = [_gen(0, i, purpose="noise") for i in range(B)]
     cond, uncond = ctx.cond_table[torch.tensor([0, 1, 2, 0])], ctx.uncond.repeat(B)
     sigmas = ctx.sampler.sigmas
@@ -156,7 +156,7 @@ def test_draft_lv_averages_the_last_step_over_noised_copies_of_x0():
     sqrt(1 - ab) eps_i at the last step's level; loss -(1/n) sum_i r(x0_hat(x^i))."""
     n = 3
     ctx, policy, grads = _ctx("draft", **{"backprop.lv_samples": n})
-    metrics = DRaFT(ctx).train_epoch(0)
+    metrics = DRaFT(ctx.cfg.options, ctx).train_epoch(0)
     assert metrics["train/reward_queries"] == n * B
 
     gens = [_gen(0, i, purpose="noise") for i in range(B)]
@@ -181,7 +181,7 @@ def test_alignprop_gives_the_same_gradient_with_and_without_checkpointing():
     for ck in (True, False):
         ctx, _, grads = _ctx("alignprop", **{"backprop.checkpointing": ck, "backprop.truncation_mean_steps": 3.0,
                                              "backprop.truncation_std": 1.0})
-        m = AlignProp(ctx).train_epoch(0)
+        m = AlignProp(ctx.cfg.options, ctx).train_epoch(0)
         out.append((grads[0], m["train/backprop_steps"]))
     assert out[0][1] == out[1][1] >= 1
     _assert_same(out[0][0], out[1][0])
@@ -214,7 +214,7 @@ def test_refl_scores_the_samplers_data_prediction_at_its_one_grad_step(predictio
     """ReFL (THUDM/ImageReward ReFL.py): steps before m without gradients, one network call at m,
     and the reward of x0_hat = sampler.x0_prediction(m, x_m, output), not of a further step."""
     ctx, policy, grads = _ctx("refl", prediction)
-    algo = ReFL(ctx)
+    algo = ReFL(ctx.cfg.options, ctx)
     first, last = refl_window(ctx.cfg)
     assert (first, last) == ((3 * T) // 4, T - 1)
     gen = _gen(0, 0, purpose="truncation")

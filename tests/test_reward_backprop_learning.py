@@ -20,9 +20,9 @@ BASE = {"model.name": "shapes-sd", "sample.sampler": "ddim", "sample.num_steps":
 
 
 def _trainer(tmp_path, reward, **overrides):
-    from ddrl.train.loop import Trainer
+    from ddrl.images.loop import ImageRun
 
-    return Trainer(apply_overrides(Config(), {**BASE, "reward.name": reward, **overrides}), tmp_path)
+    return ImageRun(apply_overrides(Config(), {**BASE, "reward.name": reward, **overrides}), tmp_path)
 
 
 def _saturation(images: torch.Tensor) -> torch.Tensor:
@@ -33,7 +33,7 @@ def _saturation(images: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.learning
 def test_draft_raises_a_differentiable_reward_on_shapes_sd(tmp_path, saturation_reward):
-    from concurrent.futures import ThreadPoolExecutor
+
 
     tr = _trainer(tmp_path, saturation_reward, **{"train.algorithm": "draft"})
     prompts = tr.eval_prompts[:32]
@@ -45,8 +45,8 @@ def test_draft_raises_a_differentiable_reward_on_shapes_sd(tmp_path, saturation_
         return score(tr.reward, images, prompts)[0], _saturation(images)
 
     before, sat_before = judged()
-    pool = ThreadPoolExecutor(1)
-    curve = [tr.run_epoch(e, pool)["reward/mean"] for e in range(3)]
+
+    curve = [tr.run_epoch(e)["reward/mean"] for e in range(3)]
     after, sat_after = judged()
     d = after - before  # the same held-out prompts and seeds: a paired difference
     se = float(d.std() / math.sqrt(len(d)))
@@ -81,7 +81,7 @@ def test_alignprop_with_its_regularisers_resumes_exactly(tiny_sd_folder, tmp_pat
     2 epochs straight equal 1 epoch and a resumed second, bit for bit."""
     from test_train import _final_weights, _rows, tiny_config
 
-    from ddrl.train import train
+    from helpers import train
 
     extra = {"train.algorithm": "alignprop", "reward.name": saturation_reward, "model.lora": False,
              "train.kl_coef": 0.1, "backprop.pretrain_loss": True, "backprop.truncation_mean_steps": 1.5,

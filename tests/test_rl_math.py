@@ -100,7 +100,7 @@ def test_paired_change_is_the_mean_difference_with_its_standard_error():
     """Differences (after - before) 0.1, 0.3, 0.2, 0.2: mean 0.2, sample variance
     (0.01 + 0.01 + 0 + 0) / 3, s.e. = sqrt(0.02 / 3 / 4) = 0.0408; images without a verdict
     (None) are left out."""
-    from ddrl.train.report import paired_change
+    from ddrl.run.report import paired_change
 
     mean, se = paired_change([0.5, 0.2, 0.0, 0.4, None], [0.6, 0.5, 0.2, 0.6, 0.9])
     assert mean == pytest.approx(0.2)

@@ -17,16 +17,16 @@ from test_bad_input import _one_line_error
 from test_train import _final_weights, _rows, cli_train_command, tiny_config
 
 from ddrl.cli import main
-from ddrl.train import train
-from ddrl.train.checkpoint import CheckpointWriteError
-from ddrl.train.evaluation import evaluate_once
-from ddrl.train.finite import NonFiniteError
-from ddrl.train.loop import Trainer
+from helpers import train
+from ddrl.run.checkpoint import CheckpointWriteError
+
+from ddrl.run.finite import NonFiniteError
+from ddrl.images.loop import ImageRun
 
 # ------------------------------------------------------------------ the finite-state guard
 
 def _trainer(folder, run, **overrides):
-    return Trainer(tiny_config(folder, **{"run.output_dir": str(run)} | overrides), run)
+    return ImageRun(tiny_config(folder, **{"run.output_dir": str(run)} | overrides), run)
 
 
 def _poison_gradient(tr, at_steps):
@@ -45,7 +45,7 @@ def test_a_non_finite_gradient_stops_the_run_naming_it_and_keeps_the_checkpoint(
     _poison_gradient(tr, at_steps={2})
     with pytest.raises(NonFiniteError, match=r"non-finite gradient norm \(nan\) at epoch 2, after 1 optimizer steps"
                        r".*epoch_000001, is intact.*train.nonfinite skip"):
-        tr.train()
+        tr.run()
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["epoch_000001"]
     assert all(torch.isfinite(v).all() for v in _final_weights(tmp_path).values())
 
@@ -53,7 +53,7 @@ def test_a_non_finite_gradient_stops_the_run_naming_it_and_keeps_the_checkpoint(
 def test_skip_mode_skips_and_counts_non_finite_steps(tiny_sd_folder, tmp_path):
     tr = _trainer(tiny_sd_folder, tmp_path, **{"train.nonfinite": "skip"})
     _poison_gradient(tr, at_steps={1, 3})
-    tr.train()
+    tr.run()
     assert [r["train/skipped_steps"] for r in _rows(tmp_path)] == [1.0, 0.0, 1.0]
     assert tr.optimizer_steps == 1
     assert all(torch.isfinite(v).all() for v in _final_weights(tmp_path).values())
@@ -73,12 +73,12 @@ def test_non_finite_weights_or_decoded_images_stop_the_run(tiny_sd_folder, tmp_p
         tr.algorithm.update = poisoned
         match = r"non-finite weights \(.*lora.*\) at epoch 1"
     else:
-        evaluate_once(tr, "before")  # cached: the poisoned decoder is met in training's sampling
+        tr.evaluate("before")  # cached: the poisoned decoder is met in training's sampling
         decode = tr.policy.decode
         tr.policy.decode = lambda z: decode(z) * float("nan")
         match = r"non-finite decoded images or log-probs in sampling batch 1 at epoch 1"
     with pytest.raises(NonFiniteError, match=match):
-        tr.train()
+        tr.run()
     assert not (tmp_path / "checkpoints").exists()
 
 
@@ -166,7 +166,7 @@ def test_a_damaged_evaluation_cache_names_the_file(run_copy, capsys):
 # ------------------------------------------------------------------ file-system errors during a run
 
 def test_a_failed_checkpoint_write_keeps_the_previous_one_and_resumes(tiny_sd_folder, tmp_path, monkeypatch):
-    import ddrl.train.checkpoint as ckpt
+    import ddrl.run.checkpoint as ckpt
 
     real, calls = ckpt.save_file, {"n": 0}
 
@@ -280,7 +280,7 @@ def test_a_run_started_before_keys_were_added_resumes_with_their_defaults(tmp_pa
     import yaml
 
     from ddrl.config import ADDED, Config, ConfigError
-    from ddrl.train.resume import read_run_config
+    from ddrl.config import read_run_config
 
     def write(data):
         body = yaml.safe_dump(data, sort_keys=False)

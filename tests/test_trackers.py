@@ -10,7 +10,7 @@ import pytest
 
 from ddrl.config import ConfigError
 from ddrl.config_checks import validate
-from ddrl.train import train
+from helpers import train
 
 from test_train import tiny_config
 

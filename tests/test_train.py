@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,9 @@ from ddrl.algorithms.ddpo import DDPO
 from ddrl.config import Config, ConfigError, apply_overrides
 from ddrl.config_checks import validate
 from ddrl.rewards import REWARDS, RewardError, RewardOutput, RewardSpec
-from ddrl.train import train
-from ddrl.train.loop import Trainer
-from ddrl.train.state import load_latest_intact
+from helpers import train
+from ddrl.images.loop import ImageRun
+
 
 
 def tiny_config(folder, **overrides) -> Config:
@@ -35,7 +34,7 @@ def test_first_minibatch_rescoring_is_exactly_on_policy(tiny_sd_folder, tmp_path
     so the PPO ratio is exactly 1 and nothing is clipped (training minibatch = sampling batch)."""
     cfg = tiny_config(tiny_sd_folder, **{"sample.num_batches_per_epoch": 2})
     assert not DDPO.keeps_sampling_graph(cfg)  # two optimizer steps per epoch: the recompute path
-    m = Trainer(cfg, tmp_path).run_epoch(0, ThreadPoolExecutor(1))
+    m = ImageRun(cfg, tmp_path).run_epoch(0)
     assert m["train/logprob_gap"] == 0.0
     assert m["train/clipfrac"] > 0  # the second minibatch is off-policy after the first step
 
@@ -47,7 +46,7 @@ def test_single_pass_update_equals_the_recompute_update(tiny_sd_folder, tmp_path
     for single in (True, False):
         cfg = tiny_config(tiny_sd_folder, **{"train.single_pass": single, "reward.name": "jpeg-incompressibility"})
         assert DDPO.keeps_sampling_graph(cfg) == single
-        grads[single], _ = epoch_gradient(Trainer(cfg, tmp_path / str(single)))
+        grads[single], _ = epoch_gradient(ImageRun(cfg, tmp_path / str(single)))
     scale = max(float(g.abs().max()) for g in grads[False])
     assert scale > 0
     for a, b in zip(grads[True], grads[False]):  # fp32 sums in another order: ~1e-7 relative noise
@@ -102,8 +101,8 @@ def test_lora_loads_into_the_diffusers_pipeline_and_reproduces_the_trained_unet(
     from diffusers import StableDiffusionPipeline
 
     cfg, run, _ = uninterrupted
-    tr = Trainer(cfg, run)
-    load_latest_intact(tr)
+    tr = ImageRun(cfg, run)
+    tr.load_latest()
     pipe = StableDiffusionPipeline.from_pretrained(tiny_sd_folder, safety_checker=None)
     pipe.load_lora_weights(str(run / "lora"))
     g = torch.Generator().manual_seed(0)
@@ -125,7 +124,7 @@ def test_several_steps_per_forward_give_the_same_update(tiny_sd_folder, tmp_path
     for k in (1, 2):
         cfg = tiny_config(tiny_sd_folder, **{"train.single_pass": False, "train.timesteps_per_forward": k,
                                              "reward.name": "jpeg-incompressibility"})
-        grads[k], _ = epoch_gradient(Trainer(cfg, tmp_path / str(k)))
+        grads[k], _ = epoch_gradient(ImageRun(cfg, tmp_path / str(k)))
     scale = max(float(g.abs().max()) for g in grads[1])
     assert scale > 0
     for a, b in zip(grads[1], grads[2]):
@@ -214,12 +213,12 @@ def test_bad_config_fails_before_any_work(tiny_sd_folder, tiny_sd3_folder, tmp_p
     with pytest.raises(ConfigError, match="eta must be > 0 for ddpo-is"):
         validate(apply_overrides(Config(), {"sample.eta": 0}))
     with pytest.raises(ValueError, match="scores shapes-world prompts only; 'cat' is not one"):
-        Trainer(tiny_config(tiny_sd_folder, **{"reward.name": "shapes-verifier", "prompts.source": "animals"}),
+        ImageRun(tiny_config(tiny_sd_folder, **{"reward.name": "shapes-verifier", "prompts.source": "animals"}),
                 tmp_path)
     with pytest.raises(ValueError, match="flow-matching"):
-        Trainer(tiny_config(tiny_sd3_folder), tmp_path)
+        ImageRun(tiny_config(tiny_sd3_folder), tmp_path)
     with pytest.raises(ValueError, match="outside the model's vocabulary"):
-        Trainer(apply_overrides(tiny_config("shapes-sd"), {"prompts.source": "animals"}), tmp_path)
+        ImageRun(apply_overrides(tiny_config("shapes-sd"), {"prompts.source": "animals"}), tmp_path)
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "config.yaml").write_text("run: {}\n")
     with pytest.raises(ValueError, match="already holds a run; continue it with resume=True"):
@@ -246,9 +245,9 @@ def test_a_reward_returning_nan_stops_the_run_naming_it(tiny_sd_folder, tmp_path
 def test_rwr_and_kl_to_the_reference_update_the_model(tiny_sd_folder, tmp_path, extra):
     cfg = tiny_config(tiny_sd_folder, **extra)
     validate(cfg)
-    tr = Trainer(cfg, tmp_path)
+    tr = ImageRun(cfg, tmp_path)
     before = {k: v.clone() for k, v in tr.trainable_state().items()}
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     assert torch.isfinite(torch.tensor(m["train/loss"]))
     assert any(not torch.equal(before[k], v) for k, v in tr.trainable_state().items())
     if "train.kl_coef" in extra:  # 0 on the first minibatch (policy = reference), > 0 after a step
@@ -273,8 +272,8 @@ def test_every_preset_and_the_example_config_validate():
 def test_a_weighted_sum_logs_each_component(tiny_sd_folder, tmp_path):
     """reward = -kB + 0.5 kB = -0.5 kB: the logged total is the weighted sum of the logged parts."""
     cfg = tiny_config(tiny_sd_folder, **{"reward.name": "jpeg-compressibility + 0.5*jpeg-incompressibility"})
-    tr = Trainer(cfg, tmp_path)
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    tr = ImageRun(cfg, tmp_path)
+    m = tr.run_epoch(0)
     comp, incomp = m["reward/jpeg-compressibility/mean"], m["reward/jpeg-incompressibility/mean"]
     assert comp == pytest.approx(-incomp) and incomp > 0
     assert m["reward/mean"] == pytest.approx(comp + 0.5 * incomp, rel=1e-6)
@@ -285,10 +284,10 @@ def test_prompt_metadata_from_jsonl_routes_each_prompt_to_its_reward(tiny_sd_fol
     (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     cfg = tiny_config(tiny_sd_folder, **{"prompts.source": f"file:{tmp_path / 'prompts.jsonl'}",
                                          "reward.name": "route[task](small=jpeg-compressibility, big=jpeg-incompressibility)"})
-    tr = Trainer(cfg, tmp_path)
+    tr = ImageRun(cfg, tmp_path)
     drawn = {tr.train_prompts[i] for i in tr.prompt_ids(0, tr.local_indices())}
     assert drawn == {"a red circle", "two squares"}  # this seed's epoch 0 draws both prompts
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     # compressibility is -kB < 0 and incompressibility +kB > 0: each prompt went to its own reward
     assert m["reward/jpeg-compressibility/mean"] < 0 < m["reward/jpeg-incompressibility/mean"]
 
@@ -331,7 +330,7 @@ def test_the_report_headline_gives_the_paired_change_in_standard_errors():
     """4 images: correct 0,0,1,1 before and 1,1,1,0 after; differences 1,1,0,-1 have mean 1/4 and
     sample variance (3 (3/4)^2 + (5/4)^2) / 3 = 11/12, so s.e. = sqrt(11/12 / 4) = 0.4787 and the
     change is 0.52 s.e.; accuracy 50% -> 75%."""
-    from ddrl.train.report import headline
+    from ddrl.images.report import headline
 
     before = {"heldout": {"accuracy_per_image": 0.5, "reward": 0.6}, "per_image": {"heldout": {"correct": [0, 0, 1, 1]}}}
     after = {"heldout": {"accuracy_per_image": 0.75, "reward": 0.7}, "per_image": {"heldout": {"correct": [1, 1, 1, 0]}}}
@@ -348,7 +347,7 @@ def test_the_report_gives_each_category_its_own_paired_standard_error(tmp_path):
     """Colours, 4 images: correct 1,1,1,1 before and 1,0,1,0 after; differences 0,-1,0,-1 have
     mean -1/2 and sample variance 4 (1/2)^2 / 3 = 1/3, so s.e. = sqrt(1/3 / 4) = 0.289. The
     counting image alone has no s.e. (one difference), and the row says only its change."""
-    from ddrl.train.report import write_report
+    from ddrl.run.report import write_report
 
     cats = ["colors"] * 4 + ["counting"]
     before = {"heldout": {"accuracy/colors": 1.0, "accuracy/counting": 0.0},

@@ -26,8 +26,8 @@ def check_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, resume_
         saved = read_run_config(run_dir, allow_edited=resume_override)
         return check_resume(saved.to_dict(), cfg.to_dict(), resume_override)
     if (run_dir / NAME).exists():  # its cached evaluation would mix into this run
-        raise ValueError(f"{run_dir} already holds a run; continue it with --resume {run_dir} (resume=True in "
-                         "Python) or choose another --run.output-dir")
+        raise ValueError(f"{run_dir} already holds a run; continue it with resume=True (ddrl train --resume "
+                         f"{run_dir}) or choose another folder (--run.output-dir)")
     return []
 
 

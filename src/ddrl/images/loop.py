@@ -104,7 +104,7 @@ class ImageRun:
         self.algorithm_class = algorithm
         self.algorithm = algorithm(options, Context(
             cfg=cfg, policy=self.policy, sampler=self.sampler, cond_table=self.cond_table, uncond=self.uncond,
-            autocast=acc.autocast, reference=self.reference, optimizer_step=self.step,
+            autocast=acc.autocast, reference=self.reference, optimizer_step=lambda: self.optimizer_step(),
             optimizer_steps=lambda: self.step.steps, generator=self.generator, gather=self.gather,
             trainable_state=self.trainable_state, swapped=self.swapped, collect=self.collector,
             reward=self.reward, plan=self.plan, prompts_of=self.prompts_of, num_processes=acc.num_processes,
@@ -121,6 +121,27 @@ class ImageRun:
     @property
     def params(self) -> list[torch.nn.Parameter]:
         return self.step.params
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.step.optimizer
+
+    @property
+    def optimizer_steps(self) -> int:
+        return self.step.steps
+
+    @property
+    def ema(self) -> dict[str, Tensor] | None:
+        return self.step.ema
+
+    def optimizer_step(self) -> float:
+        """Average, clip and step the trained weights (the algorithms' `ctx.optimizer_step`)."""
+        return self.step()
+
+    def memory_estimate(self):
+        """The run's memory estimate (images/memory.py), printed at its start."""
+        return memory_estimate(self.cfg, self.policy, self.sampler, self.params, self.frozen_reference,
+                               self.cond_table, self.uncond, self.accelerator.autocast)
 
     @contextlib.contextmanager
     def swapped(self, weights: dict[str, Tensor] | None):
@@ -234,14 +255,17 @@ class ImageRun:
         self.epoch = load_state(path, params=dict(self.policy.denoiser.named_parameters()), step=self.step,
                                 algorithm=self.algorithm, device=self.accelerator.device)
 
+    def load_latest(self) -> None:
+        """Resume from the newest intact checkpoint (a damaged one is moved aside)."""
+        load_latest_intact(self.run_dir / "checkpoints", self.load, self.accelerator.wait_for_everyone, self.is_main)
+
     # ------------------------------------------------------------------ the run
     def run(self, resume: bool = False) -> dict:
         cfg = self.cfg
         if resume:
-            load_latest_intact(self.run_dir / "checkpoints", self.load, self.accelerator.wait_for_everyone, self.is_main)
+            self.load_latest()
         if self.is_main or self.sharded:  # the estimate's probe is a forward: a collective under FSDP
-            line = memory_estimate(cfg, self.policy, self.sampler, self.params, self.frozen_reference, self.cond_table,
-                                   self.uncond, self.accelerator.autocast).line()
+            line = self.memory_estimate().line()
             if self.is_main:
                 print(line)
         self.session.start(self.epoch, resume)
@@ -251,13 +275,14 @@ class ImageRun:
             self.session.close()
             self.collector.close()
 
-    def _evaluate(self, tag: str) -> dict:
+    def evaluate(self, tag: str) -> dict:
+        """The fixed-seed evaluation `tag` (before, after), cached in the run folder."""
         return self.evaluator.evaluate_once(tag, self.epoch, self.accelerator.wait_for_everyone, self.eval_weights,
                                             self.sharded)
 
     def _run(self) -> dict:
         cfg, session = self.cfg, self.session
-        before = self._evaluate("before")
+        before = self.evaluate("before")
         if self.epoch == 0:
             session.log_image("grids/before", self.run_dir / "grids" / "before.png", 0)
         with session.interruptible():
@@ -269,7 +294,7 @@ class ImageRun:
                     session.log(epoch, metrics)
                     self._print(epoch, metrics)
                 if cfg.eval.grid_every and self.epoch % cfg.eval.grid_every == 0:
-                    self._grid(f"epoch_{self.epoch:04d}")
+                    self.grid(f"epoch_{self.epoch:04d}")
                 if session.end_of_epoch(self.epoch):
                     self.save(self.epoch)
         if session.stopped:
@@ -277,7 +302,7 @@ class ImageRun:
                 print(f"stopped after epoch {self.epoch}; checkpoint saved. Continue with: "
                       f"ddrl train --resume {self.run_dir}")
             return {}
-        after = self._evaluate("after")
+        after = self.evaluate("after")
         lora = self.lora_layers() if cfg.model.lora else None
         if self.is_main:
             finish_run(self.run_dir, cfg, self.epoch, self.algorithm_class.describe(cfg, self.accelerator.num_processes),
@@ -286,7 +311,7 @@ class ImageRun:
             session.log_image("reward_curve", self.run_dir / "reward_curve.png", self.epoch)
         return {"before": before, "after": after}
 
-    def _grid(self, name: str) -> None:
+    def grid(self, name: str) -> None:
         if self.is_main or self.sharded:  # sampling is a collective under FSDP; the main process writes
             with self.eval_weights():
                 self.evaluator.write_grid(name)
