@@ -30,19 +30,18 @@ KS = (1, 2, 5, 10, 20)
 def one(k: int, checkpointing: bool, reward: str) -> dict:
     import resource
     import time
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     from ddrl.config import Config, apply_overrides
-    from ddrl.train.loop import Trainer
+    from ddrl.images.loop import ImageRun
 
     torch.set_num_threads(1)
     cfg = apply_overrides(Config(), {
         "model.name": "shapes-sd", "sample.sampler": "ddim", "sample.num_steps": 20, "sample.batch_size": 16,
         "sample.num_batches_per_epoch": 1, "train.batch_size": 16, "train.algorithm": "draft",
         "backprop.steps": k, "backprop.checkpointing": checkpointing, "reward.name": reward})
-    tr = Trainer(cfg, Path("/tmp/ddrl-backprop-memory"))
+    tr = ImageRun(cfg, Path("/tmp/ddrl-backprop-memory"))
     from ddrl.algorithms.reward_backprop import sample_with_grad
 
     ctx = tr.algorithm.ctx
@@ -53,7 +52,7 @@ def one(k: int, checkpointing: bool, reward: str) -> dict:
         tr.policy.decode(x)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux reports KiB)
     t0 = time.perf_counter()
-    tr.run_epoch(0, ThreadPoolExecutor(1))
+    tr.run_epoch(0)
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # what autograd keeps for the backward pass: the distinct tensors saved by the chain's forward

@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,7 +31,7 @@ import torch
 from ddrl.config import Config, apply_overrides
 from ddrl.models.loading import builtin_path
 from ddrl.models.policy import guided_prediction
-from ddrl.train.loop import Trainer
+from ddrl.images.loop import ImageRun
 
 
 def ddrl_config(samples: int, steps: int, **extra) -> Config:
@@ -43,13 +42,12 @@ def ddrl_config(samples: int, steps: int, **extra) -> Config:
         "model.lora_rank": 4, "model.lora_alpha": 4.0} | extra)
 
 
-def run_ddrl(cfg: Config, epochs: int) -> tuple[list[dict], Trainer]:
-    tr = Trainer(cfg, Path(tempfile.mkdtemp()))
-    pool = ThreadPoolExecutor(1)
-    return [tr.run_epoch(e, pool) for e in range(epochs)], tr
+def run_ddrl(cfg: Config, epochs: int) -> tuple[list[dict], ImageRun]:
+    tr = ImageRun(cfg, Path(tempfile.mkdtemp()))
+    return [tr.run_epoch(e) for e in range(epochs)], tr
 
 
-def isolated_seconds(tr: Trainer, single_pass: bool, per_forward: int, repeats: int = 2) -> float:
+def isolated_seconds(tr: ImageRun, single_pass: bool, per_forward: int, repeats: int = 2) -> float:
     """The network calls one epoch makes, with nothing else: T guided forwards of the sample
     batch, then either T/k guided forward+backward passes of k steps each (re-scoring), or (single
     pass) the same T forwards with grad and one backward."""

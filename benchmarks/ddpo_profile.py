@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -55,7 +54,7 @@ def main() -> None:
     quiet_libraries()
     rows, tr = run_ddrl(ddrl_config(16, 20, **MODES[args.mode]), 2)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        r = tr.run_epoch(2, ThreadPoolExecutor(1))
+        r = tr.run_epoch(2)
     print(f"{args.mode}: profiled epoch sample {r['perf/sample_s']:.2f} s, train {r['perf/train_s']:.2f} s "
           f"(torch threads {torch.get_num_threads()})")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))

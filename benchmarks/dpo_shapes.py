@@ -43,7 +43,7 @@ ONLINE = {"model.name": "shapes-sd", "reward.name": "shapes-preference", "sample
 RUNS = {
     "offline": {f"offline-s{s}": OFFLINE | {"run.seed": s} for s in (0, 1, 2)},
     # beta 2500 is offline-s0 and offline-s1
-    "beta": {f"beta-{b:g}{'' if s == 0 else f'-s{s}'}": OFFLINE | {"train.dpo_beta": b, "run.seed": s}
+    "beta": {f"beta-{b:g}{'' if s == 0 else f'-s{s}'}": OFFLINE | {"dpo.beta": b, "run.seed": s}
              for s in (0, 1) for b in (250.0, 25000.0)},
     "equal-queries": {f"{a}{'' if s == 0 else f'-s{s}'}": ONLINE | extra | {"run.seed": s} for s in (0, 1) for a, extra in (
         ("online-dpo", {"train.algorithm": "online-dpo", "train.timestep_fraction": 0.3}),
@@ -61,13 +61,13 @@ def run_one(name: str, overrides: dict) -> dict:
     from ddrl.algorithms.forward_process import ForwardProcess
     from ddrl.config import Config, apply_overrides
     from ddrl.rewards.shapes_pairs import against_base
-    from ddrl.train.loop import Trainer
+    from ddrl.images.loop import ImageRun
     from ddrl.worlds.shapes import split
 
     folder = OUT / name
     cfg = apply_overrides(Config(), COMMON | overrides | {"run.output_dir": str(folder),
                                                           "data.cache_dir": str(OUT / "cache")})
-    tr = Trainer(cfg, folder)
+    tr = ImageRun(cfg, folder)
     resume = (folder / "checkpoints").is_dir() and any((folder / "checkpoints").iterdir())
     tr.train(resume=resume)
     prompts = [p for p in split("heldout") for _ in range(8)]

@@ -19,7 +19,6 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -28,8 +27,8 @@ os.environ.setdefault("TQDM_DISABLE", "1")  # the table is the output
 
 from ddrl.config import apply_overrides
 from ddrl.presets import preset_config
-from ddrl.train.evaluation import _sample
-from ddrl.train.loop import Trainer
+ 
+from ddrl.images.loop import ImageRun
 
 
 def _loaded_warning() -> str:
@@ -43,16 +42,15 @@ def time_variant(cfg, epochs: int, threads: int | None, channels_last: bool, com
     if threads:
         torch.set_num_threads(threads)
     try:
-        tr = Trainer(cfg, Path(tempfile.mkdtemp()))
+        tr = ImageRun(cfg, Path(tempfile.mkdtemp()))
         if channels_last:
             tr.policy.denoiser.to(memory_format=torch.channels_last)
         if compile_:
             tr.policy.denoiser.compile()
-        pool = ThreadPoolExecutor(1)
-        rows = [tr.run_epoch(e, pool) for e in range(epochs)]
+        rows = [tr.run_epoch(e) for e in range(epochs)]
         t0 = time.perf_counter()
         n = 32
-        _sample(tr, tr.eval_prompts[:n // 4], 4, progress=False)
+        tr.evaluator._sample(tr.eval_prompts[:n // 4], 4, progress=False)
         per_image = (time.perf_counter() - t0) / n
     finally:
         torch.set_num_threads(before)

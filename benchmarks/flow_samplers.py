@@ -87,7 +87,7 @@ def efficiency(runs: dict[str, Path], out: Path) -> list[tuple]:
     import matplotlib.pyplot as plt
     import yaml
 
-    from ddrl.train.report import paired_change
+    from ddrl.run.report import paired_change
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     rows = []

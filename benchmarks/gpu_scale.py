@@ -140,13 +140,11 @@ def build(name: str, folder: Path, tiny: bool) -> None:
 def one(name: str, mode: str, folder: Path, tiny: bool) -> dict:
     """One epoch in this process: peak memory, the printed estimate, seconds."""
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
     from ddrl.config import Config, apply_overrides
-    from ddrl.train.loop import Trainer
-    from ddrl.train.memory import estimate
+    from ddrl.images.loop import ImageRun
 
     over = RUNS[name] | MODES[mode] | {"model.name": str(folder), "reward.name": "jpeg-compressibility",
                                       "run.mixed_precision": "bf16" if torch.cuda.is_available() else "no"}
@@ -154,13 +152,13 @@ def one(name: str, mode: str, folder: Path, tiny: bool) -> dict:
         over |= {"sample.num_steps": 2}
     cfg = apply_overrides(Config(), over)
     cuda = torch.cuda.is_available()
-    tr = Trainer(cfg, Path(tempfile.mkdtemp()))
-    est = estimate(tr)
+    tr = ImageRun(cfg, Path(tempfile.mkdtemp()))
+    est = tr.memory_estimate()
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    m = tr.run_epoch(0, ThreadPoolExecutor(1))
+    m = tr.run_epoch(0)
     if cuda:
         torch.cuda.synchronize()
     return {"model": name, "mode": mode, "epoch_s": time.perf_counter() - t0,

@@ -1,4 +1,4 @@
-"""The memory estimate printed at the start of a run (ddrl.train.memory) against measured memory,
+"""The memory estimate printed at the start of a run (ddrl.images.memory) against measured memory,
 on the built-in models (CPU, one thread).
 
 Each setting runs in its own process, where glibc serves every allocation over 64 KiB with mmap
@@ -67,7 +67,6 @@ class Peak:
 
 def one(name: str) -> dict:
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
 
     import torch
 
@@ -76,8 +75,7 @@ def one(name: str) -> dict:
     import transformers  # noqa: F401
 
     from ddrl.config import Config, apply_overrides
-    from ddrl.train.loop import Trainer
-    from ddrl.train.memory import estimate
+    from ddrl.images.loop import ImageRun
 
     over = dict(SETTINGS[name])
     flow = over.pop("flow", False)
@@ -89,9 +87,9 @@ def one(name: str) -> dict:
                                             "reward.name": "jpeg-compressibility", "train.advantages": "batch"
                                             if not flow else "group"} | over)
     before_load = rss()
-    tr = Trainer(cfg, Path(tempfile.mkdtemp()))
+    tr = ImageRun(cfg, Path(tempfile.mkdtemp()))
     loaded = rss() - before_load
-    est = estimate(tr)
+    est = tr.memory_estimate()
     update = tr.algorithm.update
     measured = {}
 
@@ -103,7 +101,7 @@ def one(name: str) -> dict:
         return out
 
     tr.algorithm.update = timed_update
-    tr.run_epoch(0, ThreadPoolExecutor(1))
+    tr.run_epoch(0)
     return {"name": name, "estimate_update": est.gradients + est.optimizer + est.activations,
             "measured_update": measured["update"], "estimate_weights": est.weights, "measured_load": loaded,
             "activations_per_sample": est.activations_per_sample, "samples_per_forward": est.samples_per_forward,

@@ -32,8 +32,8 @@ def run(preset: str, folder: Path) -> None:
 
 
 def row(preset: str, folder: Path) -> str:
-    from ddrl.train.metrics import read_metrics
-    from ddrl.train.report import paired_change
+    from ddrl.run.metrics import read_metrics
+    from ddrl.run.report import paired_change
 
     before = json.loads((folder / "eval_before.json").read_text())
     after = json.loads((folder / "eval_after.json").read_text())

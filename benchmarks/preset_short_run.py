@@ -20,8 +20,8 @@ import yaml
 
 from ddrl.config import apply_overrides
 from ddrl.presets import preset_config
-from ddrl.train import train
-from ddrl.train.report import paired_change
+from ddrl.images import check_run, run_images
+from ddrl.run.report import paired_change
 
 
 def main() -> None:
@@ -43,7 +43,8 @@ def main() -> None:
         "sample.images_per_prompt": 16, "train.min_count": 16, "train.batch_size": min(cfg.train.batch_size, 32 // ga),
         "run.epochs": args.epochs, "eval.images_per_prompt": args.images, "eval.train_images_per_prompt": 1,
         "eval.grid_every": 0, "run.save_every": args.epochs, "run.output_dir": str(tmp / "run")} | extra)
-    result = train(cfg, tmp / "run")
+    check_run(cfg, tmp / "run")
+    result = run_images(cfg, tmp / "run")
     change, se = paired_change(result["before"]["per_image"]["heldout"]["reward"],
                                result["after"]["per_image"]["heldout"]["reward"])
     units = f" ({change / se:+.1f} s.e.)" if se > 0 else ""

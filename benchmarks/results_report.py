@@ -220,7 +220,7 @@ def section_kl(exp, summary, runs) -> list[str]:
              "| KL coefficient | seeds | JPEG kB, first 3 → last 5 epochs | verifier accuracy, first 5 → last 5 "
              "epochs | held-out JPEG kB before → after | held-out accuracy before → after | change |",
              "|---|---|---|---|---|---|---|"]
-    from ddrl.train.report import paired_change
+    from ddrl.run.report import paired_change
 
     def jpeg(s):
         return s["components"].get("jpeg-incompressibility") or s["reward"]
@@ -268,7 +268,7 @@ def section_generalisation(exp, summary, runs) -> list[str]:
             d = mean_se([y - x for x, y in zip(b, a)])
             cells += [f"{statistics.mean(b):.3f} → {statistics.mean(a):.3f}" if b else "…", fmt(*d) if b else "…"]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    from ddrl.train.report import headline
+    from ddrl.images.report import headline
 
     lines += ["", "Each seed's headline, held-out:", ""]
     for s in rs:

@@ -84,17 +84,15 @@ def run_one(name: str, spec: dict) -> None:
     from ddrl.generate import generate
     from ddrl.grid import image_grid
     from ddrl.rewards import get_reward, score
-    from ddrl.train.loop import Trainer
+    from ddrl.images.loop import ImageRun
     from ddrl.worlds.shapes import split
 
     torch.set_num_threads(1)
     cfg = apply_overrides(Config(), {k: v for k, v in spec.items() if not k.startswith("_")})
     run_dir = OUT / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    tr = Trainer(cfg, run_dir)
-    from concurrent.futures import ThreadPoolExecutor
+    tr = ImageRun(cfg, run_dir)
 
-    pool = ThreadPoolExecutor(1)
     hacking = spec["_kind"] == "hacking"
     every = HACK_EVAL_EVERY if hacking else EVAL_EVERY
     if hacking:  # held-out prompts, 4 seeds each
@@ -128,7 +126,7 @@ def run_one(name: str, spec: dict) -> None:
 
     evaluate(0)
     for epoch in range(spec["_epochs"]):
-        m = tr.run_epoch(epoch, pool)
+        m = tr.run_epoch(epoch)
         queries += int(m.get("train/reward_queries", cfg.samples_per_epoch))
         tr.epoch = epoch + 1
         if (epoch + 1) % every == 0:

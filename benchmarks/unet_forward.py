@@ -43,7 +43,7 @@ def main() -> None:
     from ddrl.cli import quiet_libraries
     from ddrl.config import Config, apply_overrides
     from ddrl.models.loading import builtin_path
-    from ddrl.train.loop import Trainer
+    from ddrl.images.loop import ImageRun
 
     quiet_libraries()
     torch.manual_seed(0)
@@ -55,7 +55,7 @@ def main() -> None:
     cfg = apply_overrides(Config(), {"model.name": "shapes-sd", "reward.name": "jpeg-compressibility",
                                      "reward.asynchronous": False, "model.lora_rank": 4, "model.lora_alpha": 4.0,
                                      "run.output_dir": out})
-    ddrl_unet = Trainer(cfg, Path(out)).policy.denoiser
+    ddrl_unet = ImageRun(cfg, Path(out)).policy.denoiser
     c, size = ddrl_unet.config.in_channels, ddrl_unet.config.sample_size
     x = torch.randn(args.batch, c, size, size)
     emb = pipe.encode_prompt(["a red circle"] * args.batch, "cpu", 1, False)[0].detach()

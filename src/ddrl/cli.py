@@ -360,6 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quiet_libraries() -> None:
     """Keep the terminal for ddrl's own progress: no per-component loading bars or notices."""
+    import logging
+
+    # peft imports bitsandbytes when installed; on CPUs with AVX512-BF16 it warns at import that an
+    # optional 4-bit kernel package is missing, which ddrl never uses
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import diffusers
     import transformers
 

@@ -261,7 +261,6 @@ class ImageRun:
 
     # ------------------------------------------------------------------ the run
     def run(self, resume: bool = False) -> dict:
-        cfg = self.cfg
         if resume:
             self.load_latest()
         if self.is_main or self.sharded:  # the estimate's probe is a forward: a collective under FSDP
