@@ -49,14 +49,18 @@ def _one_line_error(argv, capsys, code=2) -> str:
     ("train.ema_decay", float("nan"), "must be a finite number"),
     ("train.adam_beta2", 1.0, "must be in [0, 1), got 1"),
     ("train.kl_coef", -0.1, "must be in [0, inf)"),
-    ("train.rwr_percentile", float("nan"), "must be a finite number"),
+    ("rwr.percentile", float("nan"), "must be a finite number"),
+    ("nft.beta", 0.0, "must be in (0, inf)"),
     ("model.lora_alpha", 0.0, "must be in (0, inf)"),
     ("run.seed", -1, "must be in [0, 4294967295]"),
     ("sample.noise_level", float("-inf"), "must be a finite number"),
 ])
 def test_every_number_of_the_config_is_finite_and_in_range(key, value, message):
+    algorithm = {"rwr": "rwr", "nft": "nft"}.get(key.partition(".")[0])
+    cfg = apply_overrides(Config(), {"train.algorithm": algorithm, "sample.sampler": "flow-ode"}
+                          if algorithm == "nft" else {"train.algorithm": algorithm} if algorithm else {})
     with pytest.raises(ConfigError) as info:
-        validate(apply_overrides(Config(), {key: value}))
+        validate(apply_overrides(cfg, {key: value}))
     assert str(info.value).startswith(key) and message in str(info.value)
 
 
@@ -70,6 +74,14 @@ def test_every_numeric_config_key_has_a_stated_range_and_yaml_nan_is_caught(tmp_
                if any(a in (int, float) for a in typing.get_args(hint) or (hint,))
                and f"{name}.{f}" != "sample.guidance_scale"]
     assert sorted(numeric) == sorted(RANGES)  # None-valued optional numbers included
+    from ddrl.algorithms import ALGORITHMS
+    from ddrl.options import field_docs
+
+    for name, algorithm in ALGORITHMS.items():  # an algorithm's options carry their ranges beside them
+        hints = typing.get_type_hints(algorithm.Options)
+        for f, (doc, rng) in field_docs(algorithm.Options).items():
+            if any(a in (int, float) for a in typing.get_args(hints[f]) or (hints[f],)) and hints[f] is not bool:
+                assert rng, f"{algorithm.Options.section}.{f} ({name}) states no range"
     (tmp_path / "c.yaml").write_text("train:\n  learning_rate: .nan\nsample:\n  guidance_scale: .inf\n")
     with pytest.raises(ConfigError, match="must be a finite number"):
         validate(apply_overrides(Config(), load_yaml(tmp_path / "c.yaml")))
