@@ -347,6 +347,7 @@ def test_the_report_gives_each_category_its_own_paired_standard_error(tmp_path):
     """Colours, 4 images: correct 1,1,1,1 before and 1,0,1,0 after; differences 0,-1,0,-1 have
     mean -1/2 and sample variance 4 (1/2)^2 / 3 = 1/3, so s.e. = sqrt(1/3 / 4) = 0.289. The
     counting image alone has no s.e. (one difference), and the row says only its change."""
+    from ddrl.images.report import _per_image
     from ddrl.run.report import write_report
 
     cats = ["colors"] * 4 + ["counting"]
@@ -354,7 +355,7 @@ def test_the_report_gives_each_category_its_own_paired_standard_error(tmp_path):
               "per_image": {"heldout": {"correct": [1, 1, 1, 1, 0], "category": cats}}}
     after = {"heldout": {"accuracy/colors": 0.5, "accuracy/counting": 1.0},
              "per_image": {"heldout": {"correct": [1, 0, 1, 0, 1], "category": cats}}}
-    text = write_report(tmp_path, "t", before, after, []).read_text()
+    text = write_report(tmp_path, "t", before, after, [], per_item=_per_image).read_text()
     assert "| heldout | accuracy/colors | 1.000 | 0.500 | -0.500 ± 0.289 |" in text
     assert "| heldout | accuracy/counting | 0.000 | 1.000 | +1.000 |" in text
 

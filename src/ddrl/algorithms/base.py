@@ -110,8 +110,11 @@ class Algorithm:
         from ..config import ConfigError
 
         if cfg.reward.pairwise and not cls.uses_pairwise_judge:
-            raise ConfigError(f"reward.pairwise is read by an algorithm that judges pairs (pref-grpo); "
-                              f"train.algorithm is {cfg.train.algorithm}")
+            from .registry import ALGORITHMS
+
+            users = [n for n, a in ALGORITHMS.items() if a.uses_pairwise_judge]
+            raise ConfigError(f"reward.pairwise is read by {', '.join(users)} only; train.algorithm is "
+                              f"{cfg.train.algorithm}")
         cls.validate(cfg)
 
     @classmethod
