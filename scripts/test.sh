@@ -8,7 +8,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
 cd "$ROOT"
 case "${1:-}" in
-    --slow) shift; exec python -m pytest -m "slow or not slow" "$@" ;;
-    --quick) shift; exec python -m pytest -m "not slow and not learning" "$@" ;;
+    --slow) shift; exec python -m pytest -m "slow or not slow" --durations=15 "$@" ;;
+    --quick) shift; exec python -m pytest -m "not slow and not learning" --durations=15 "$@" ;;
 esac
-exec python -m pytest -m "not slow" "$@"
+exec python -m pytest -m "not slow" --durations=15 "$@"

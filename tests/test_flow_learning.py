@@ -37,7 +37,9 @@ def _short_run(tmp_path, preset: str) -> tuple[float, float]:
                          result["after"]["per_image"]["heldout"]["reward"])
 
 
-@pytest.mark.parametrize("preset", ["shapes-flow-grpo", "shapes-flow-grpo-cps", "shapes-pref-grpo", "shapes-nft"])
+@pytest.mark.parametrize("preset", [  # CPS and Pref-GRPO train with Flow-GRPO's update: slow
+    "shapes-flow-grpo", pytest.param("shapes-flow-grpo-cps", marks=pytest.mark.slow),
+    pytest.param("shapes-pref-grpo", marks=pytest.mark.slow), "shapes-nft"])
 def test_flow_preset_raises_the_verifier_reward_in_a_short_run(tmp_path, preset):
     change, se = _short_run(tmp_path, preset)
     assert change > 3 * se, (change, se)

@@ -39,7 +39,8 @@ def _assert_raised(result, rows, min_gain):
     assert change > 3 * se, (change, se)
 
 
-@pytest.mark.parametrize("preset", ["shapes-compressibility", "shapes-incompressibility"])
+@pytest.mark.parametrize("preset", [pytest.param("shapes-compressibility", marks=pytest.mark.slow),
+                                    "shapes-incompressibility"])
 def test_ddpo_jpeg_preset_raises_its_reward(tmp_path, preset):
     """Measured at seed 0 (one torch thread): compressibility -1.539 -> -1.464 kB over the first
     and last five epochs, held-out +0.115 ± 0.015; incompressibility 1.559 -> 1.635, held-out
@@ -47,6 +48,7 @@ def test_ddpo_jpeg_preset_raises_its_reward(tmp_path, preset):
     _assert_raised(*_short_jpeg_run(tmp_path, preset), min_gain=0.04)
 
 
+@pytest.mark.slow  # the same update as the LoRA run above, on every weight
 def test_ddpo_full_fine_tuning_at_its_default_learning_rate_raises_jpeg_incompressibility(tmp_path):
     _assert_raised(*_short_jpeg_run(tmp_path, "shapes-incompressibility", **{"model.lora": False}), min_gain=0.04)
 

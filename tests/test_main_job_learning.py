@@ -24,6 +24,7 @@ from ddrl.run.report import paired_change
 pytestmark = pytest.mark.learning
 
 
+@pytest.mark.slow  # about 3 minutes: the whole shipped run (Pref-GRPO's update is tested in the default suite)
 def test_the_main_job_raises_held_out_accuracy(tmp_path):
     cfg = apply_overrides(preset_config(DEFAULT_PRESET), {"eval.grid_every": 0, "run.save_every": 36,
                                                           "run.output_dir": str(tmp_path / "run")})
