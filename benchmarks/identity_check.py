@@ -52,6 +52,12 @@ def _tensor_digest(tensors: dict) -> dict[str, str]:
     return {k: hashlib.sha256(v.contiguous().numpy().tobytes()).hexdigest()[:16] for k, v in sorted(tensors.items())}
 
 
+def _compact(entry: dict) -> dict:
+    """An entry with one digest per file: the sha256 of its per-tensor digests."""
+    return {k: hashlib.sha256(json.dumps(v, sort_keys=True).encode()).hexdigest() if isinstance(v, dict)
+            and k.endswith(".safetensors") else v for k, v in entry.items()}
+
+
 def fingerprint(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
@@ -95,12 +101,12 @@ def run(label: str, only: list[str]) -> None:
         run_dir = work / name
         print(f"== {name}", flush=True)
         ddrl.train(load_config(name, extra), run_dir=run_dir)
-        done[name] = fingerprint(run_dir)
+        done[name] = _compact(fingerprint(run_dir))
         out_file.write_text(json.dumps(done, indent=1, sort_keys=True))
 
 
 def compare(a: str, b: str) -> int:
-    ra, rb = (json.loads((RESULTS / f"{x}.json").read_text()) for x in (a, b))
+    ra, rb = ({n: _compact(e) for n, e in json.loads((RESULTS / f"{x}.json").read_text()).items()} for x in (a, b))
     print(f"| preset | weights, optimizer, algorithm state | metrics | ({a} vs {b}) |\n|---|---|---|---|")
     bad = 0
     for name in sorted(set(ra) | set(rb)):
