@@ -77,6 +77,7 @@ def test_two_processes_give_the_update_of_one(tiny_sd_folder, tmp_path):
     assert abs(rows1[1]["reward/mean"] - rows2[1]["reward/mean"]) < 1e-3 * abs(rows1[1]["reward/mean"])
 
 
+@pytest.mark.slow  # the default suite keeps the rollout algorithms' two-process check
 def test_offline_dpo_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tmp_path):
     """Each process trains its slice of every global minibatch of pairs (the stream positions
     p * batch .. (p + 1) * batch of it), with each pair's draws keyed by its position."""
@@ -138,7 +139,8 @@ def _launch_fsdp(args: list[str], **kwargs) -> subprocess.CompletedProcess:
                           env=os.environ | {"OMP_NUM_THREADS": "1"}, **kwargs)
 
 
-@pytest.mark.parametrize("lora", [True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow  # about 35 s each: two processes sharding the UNet with FSDP2 on the CPU
+@pytest.mark.parametrize("lora", [True, False])
 def test_fsdp_on_two_processes_gives_the_update_of_one(tiny_sd_folder, tmp_path, lora):
     """FSDP2 shards the denoiser's parameters, gradients and optimizer state over 2 processes;
     its backward reduce-scatters the mean gradient. The first update equals one process's on the
