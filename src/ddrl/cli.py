@@ -218,34 +218,6 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
     print(f"  run folder: {run_dir}")
 
 
-def print_config(cfg) -> str:
-    """The resolved config as YAML a user can save, edit and pass back (`ddrl train FILE.yaml`),
-    each key with its one-line doc and range as a comment."""
-    import yaml
-
-    from .config import Config, _sections
-    from .config_checks import RANGES
-    from .options import field_docs
-
-    sections = dict(_sections())
-    out = [f"# ddrl config: train.algorithm {cfg.train.algorithm}. Save it, edit it, and run it with "
-           "`ddrl train FILE.yaml`.", ""]
-    for section, value in cfg.to_dict().items():
-        cls = sections.get(section) or type(cfg.options)
-        ranges = {k.partition(".")[2]: r for k, r in RANGES.items() if k.startswith(section + ".")}
-        docs = field_docs(cls, ranges)
-        head = cls.__doc__ or ""
-        head = "" if cls.__module__ == Config.__module__ or head.startswith(cls.__name__ + "(") else head
-        out.append(f"{section}:{f'  # {head.splitlines()[0]}' if head else ''}")
-        for key, v in value.items():
-            doc, rng = docs.get(key, ("", None))
-            text = yaml.safe_dump({key: v}, default_flow_style=True, width=10_000).strip()[1:-1]
-            note = f"{doc} (range {rng})" if doc and rng else doc or (f"range {rng}" if rng else "")
-            out.append(f"  {text}" + (f"  # {note}" if note else ""))
-        out.append("")
-    return "\n".join(out)
-
-
 def cmd_train(args) -> int:
     from .images import check_run, run_images
 
@@ -256,8 +228,10 @@ def cmd_train(args) -> int:
         cfg, _ = _resume_config(args, overrides) if args.resume else _config_from_args(args, overrides)
         from .config_checks import validate
 
+        from .config_print import commented_yaml
+
         validate(cfg)
-        print(print_config(cfg))
+        print(commented_yaml(cfg))
         return 0
     if args.resume:
         cfg, run_dir = _resume_config(args, overrides)
