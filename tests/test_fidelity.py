@@ -315,10 +315,12 @@ def test_g_zero_advantage_samples_are_dropped_and_the_rest_rebatched(tiny_sd3_fo
         grads[filtered], m = epoch_gradient(ImageRun(cfg, tmp_path / str(filtered)))
         assert m["prompts/zero_std_ratio"] == 0.5
     assert max(float(g.abs().max()) for g in grads[True]) > 0
-    # The two gradients sum the same non-zero per-(row, step) terms (8 kept-row terms of 4 steps)
-    # in different orders (the filtered pass batches 4 rows, the other 8), so each element differs
-    # by fp32 rounding of a sum of at most 32 terms, each no larger than the tensor's largest
-    # element times 32: |a - 2b| <= 32 * 32 * u * max|a| (u = 2^-24), which matters where terms cancel.
+    # The two gradients sum the same non-zero terms (4 kept rows x 4 steps, through the network's
+    # batched passes) in different orders and batch sizes (4 rows against 8, half of them zero),
+    # so they differ by fp32 summation rounding, at most (n - 1) u sum|terms| for n terms
+    # (u = 2^-24). Taking the terms no larger than 32 times the tensor's largest element (they
+    # are means over 32 (row, step) pairs of the same network's gradients), with n = 32:
+    # |a - 2b| <= 32 * 32 * u * max|a|. An absolute bound: elements where terms cancel are small.
     u = 2.0 ** -24
     for a, b in zip(grads[True], grads[False]):
         torch.testing.assert_close(a, 2 * b, rtol=0, atol=32 * 32 * u * float(a.abs().max()))

@@ -82,7 +82,7 @@ def test_optimizer_step_warms_up_skips_a_nonfinite_step_and_keeps_an_ema():
     for _ in range(3):
         w.grad = torch.ones(2)
         step()
-        path.append(float(w[0]))
+        path.append(float(w.detach()[0]))
     assert path == [0.0, -0.5, -1.5] and step.steps == 3
     # EMA: decays min(2/11, .5), min(3/12, .5), min(4/13, .5) after steps 1, 2, 3
     ema = 0.0
