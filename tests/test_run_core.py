@@ -249,7 +249,6 @@ def test_print_config_is_yaml_that_loads_back_to_the_same_config(tmp_path, capsy
     assert again == apply_overrides(ddrl.load_config("shapes-nft"), {"nft.beta": 3})
 
 
-@pytest.mark.skipif(not (DATA / "main-824c612-nft").is_dir(), reason="no run folder of the earlier release")
 def test_a_run_of_the_earlier_release_resumes_and_matches_an_uninterrupted_run(tmp_path):
     """tests/data/main-824c612-nft: one epoch of an NFT run written by ddrl at commit 824c612
     (before the run core; its config.yaml has the flat train.nft_* keys). Resumed here for a
