@@ -268,3 +268,35 @@ def test_a_run_of_the_earlier_release_resumes_and_matches_an_uninterrupted_run(t
     rows = [[{k: v for k, v in json.loads(line).items() if not k.startswith("perf/")}
              for line in (p / "metrics.jsonl").read_text().splitlines()] for p in (old, fresh)]
     assert rows[0] == rows[1]
+
+
+def test_bad_algorithms_and_resumes_are_one_line_errors_before_any_work(tmp_path):
+    from ddrl.images import check_run
+
+    with pytest.raises(ConfigError, match="expected a subclass of ddrl.algorithms.Algorithm"):
+        ddrl.register_algorithm("plain", object)
+    with pytest.raises(ConfigError, match="is built in"):
+        ddrl.register_algorithm("nft", MeanShift)
+
+    class NotFrozen(MeanShift):
+        @dataclass
+        class Options:
+            section: ClassVar[str] = "x"
+            a: int = 1
+
+    with pytest.raises(ConfigError, match="frozen dataclass"):
+        ddrl.register_algorithm("not-frozen", NotFrozen)
+
+    class TakesTrain(MeanShift):
+        @dataclass(frozen=True)
+        class Options:
+            section: ClassVar[str] = "train"
+            a: int = 1
+
+    with pytest.raises(ConfigError, match="a section of its own"):
+        ddrl.register_algorithm("takes-train", TakesTrain)
+    with pytest.raises(ConfigError, match="train.algorithm 'nftt' is unknown.*did you mean 'nft'"):
+        apply_overrides(Config(), {"train.algorithm": "nftt"})
+    with pytest.raises(ValueError, match="holds no run to resume"):
+        check_run(apply_overrides(Config(), {}), tmp_path / "nothing", resume=True)
+    assert not (tmp_path / "nothing").exists()
