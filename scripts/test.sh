@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Run the test suite, setting up the environment if needed (CI runs this with no arguments).
-#   scripts/test.sh           everything but the slow checks, one learning run per update (about 8 min on 2 cores, twice that on slower ones)
+#   scripts/test.sh           everything but the slow checks, one learning run per update (8 to 13 min on 2 cores, twice that on slower ones)
 #   scripts/test.sh --quick   no learning runs, no slow checks: the edit loop (about 5 min)
 #   scripts/test.sh --slow    everything (about 30 min)
 # Extra arguments pass through to pytest.
