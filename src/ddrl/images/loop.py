@@ -232,7 +232,9 @@ class ImageRun:
         t0 = time.perf_counter()
         metrics = self.algorithm.train_epoch(epoch)
         self._check_update(metrics)
-        return metrics | {"perf/epoch_s": time.perf_counter() - t0}
+        elapsed = time.perf_counter() - t0
+        metrics.setdefault("perf/train_s", elapsed)  # an epoch that samples nothing is all training
+        return metrics | {"perf/epoch_s": elapsed}
 
     def _check_update(self, metrics: dict[str, float]) -> None:
         bad = first_nonfinite({k: local(v) for k, v in self.trainable_state().items()})
