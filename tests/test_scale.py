@@ -3,6 +3,9 @@ held for backward), 8-bit AdamW, and the log-prob gap under bf16 autocast."""
 
 import contextlib
 import importlib.util
+import signal
+import subprocess
+import time
 
 import pytest
 import torch
@@ -12,7 +15,7 @@ from ddrl.config_checks import validate
 from ddrl.images.loop import ImageRun
 from ddrl.images.memory import SavedTensors
 
-from test_train import tiny_config
+from test_train import _final_weights, _rows, cli_train_command, tiny_config
 
 
 @pytest.mark.parametrize("model,lora", [("sd", True), ("sd", False), ("sd3", True)])
@@ -83,6 +86,41 @@ def test_adamw8bit_steps_as_adamw(tiny_sd_folder, tmp_path):
     big8, big = after["8bit"][-1][1], after["torch"][-1][1]
     rel = float((big8 - big).abs().mean() / (big - p0[1]).abs().mean())
     assert 0 < rel < 0.01
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes is an extra")
+@pytest.mark.parametrize("lora", [pytest.param(True, marks=pytest.mark.slow), False])
+def test_adamw8bit_killed_after_its_second_checkpoint_resumes_bit_for_bit(lora, tiny_sd_folder, tmp_path):
+    """8-bit AdamW's state nests a dict of uint8 codes, their fp32 scales and an int step; a
+    checkpoint stores each and the resumed optimizer gets them back with their types. `ddrl train`
+    is killed (SIGKILL) once its second checkpoint exists, resumed, and ends with the uninterrupted
+    run's weights, optimizer state and metrics exactly. Full fine-tuning has tensors of 4096
+    elements or more, so its moments are the 8-bit blocks, not the fp32 fallback."""
+    from safetensors.torch import load_file
+
+    def command(run):
+        return cli_train_command(tiny_sd_folder, run, 3, "--train.optimizer", "adamw8bit",
+                                 "--model.lora", str(lora).lower())
+
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    out = subprocess.run(command(ref), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    proc = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints/epoch_000002").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints/epoch_000003").exists()
+    out = subprocess.run(command(killed)[:4] + ["--resume", str(killed)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert _rows(killed) == _rows(ref)
+    want, got = _final_weights(ref), _final_weights(killed)
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    opt = {run: load_file(str(run / "checkpoints/epoch_000003/optimizer.safetensors")) for run in (ref, killed)}
+    assert opt[ref].keys() == opt[killed].keys() and all(torch.equal(opt[ref][k], opt[killed][k]) for k in opt[ref])
+    if not lora:
+        assert any(v.dtype == torch.uint8 for v in opt[ref].values())
 
 
 def test_adamw8bit_needs_bitsandbytes(tiny_sd_folder, monkeypatch):

@@ -26,19 +26,53 @@ _NAME = re.compile(r"^epoch_(\d{6})$")
 
 def optimizer_tensors(opt: torch.optim.Optimizer, whole=lambda t: t) -> tuple[dict[str, torch.Tensor], str]:
     """The optimizer's per-parameter state as named tensors (each passed through `whole`, which
-    gathers a sharded one) plus its param groups as JSON."""
+    gathers a sharded one) plus its param groups as JSON.
+
+    A parameter's state may nest (bitsandbytes' 8-bit AdamW keeps its quantization state in a
+    dict): a nested tensor is named `i.outer/inner`. Values that are not tensors (8-bit AdamW's
+    and Adafactor's integer step) go to the JSON as they are, so a resumed optimizer sees the
+    same Python types, and the same arithmetic, as an uninterrupted one."""
     sd = opt.state_dict()
-    tensors = {f"{i}.{k}": whole(v if torch.is_tensor(v) else torch.tensor(v)).contiguous()
-               for i, s in sd["state"].items() for k, v in s.items()}
-    return tensors, json.dumps(sd["param_groups"])
+    tensors: dict[str, torch.Tensor] = {}
+    values: dict[str, object] = {}
+    seen: set[int] = set()  # 8-bit AdamW shares one quantization map among parameters; safetensors refuses shared memory
+
+    def walk(prefix: str, state: dict) -> None:
+        for k, v in state.items():
+            if "/" in str(k):
+                raise ValueError(f"optimizer state key {k!r} contains '/', which names nesting in a checkpoint")
+            if isinstance(v, dict):
+                walk(f"{prefix}{k}/", v)
+            elif torch.is_tensor(v):
+                v = whole(v).contiguous()
+                if v.numel() and v.untyped_storage().data_ptr() in seen:
+                    v = v.clone()
+                seen.add(v.untyped_storage().data_ptr())
+                tensors[f"{prefix}{k}"] = v
+            else:
+                values[f"{prefix}{k}"] = v
+
+    for i, s in sd["state"].items():
+        walk(f"{i}.", s)
+    if not values:  # torch's AdamW: every value is a tensor; the groups alone, as ddrl always wrote them
+        return tensors, json.dumps(sd["param_groups"])
+    return tensors, json.dumps({"param_groups": sd["param_groups"], "values": values})
 
 
 def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], groups: str) -> None:
+    """Rebuild the state `optimizer_tensors` wrote and load it into `opt`."""
+    meta = json.loads(groups)
+    if isinstance(meta, list):
+        meta = {"param_groups": meta, "values": {}}
     state: dict[int, dict] = {}
-    for key, v in tensors.items():
+    for key, v in list(tensors.items()) + list(meta["values"].items()):
         i, name = key.split(".", 1)
-        state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": json.loads(groups)})
+        *outer, leaf = name.split("/")
+        node = state.setdefault(int(i), {})
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[leaf] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
 class DamagedCheckpoint(ValueError):
