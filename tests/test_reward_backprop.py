@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ddrl.algorithms.base import Context
-from ddrl.algorithms.reward_backprop import AlignProp, DRaFT, ReFL, alignprop_first_step, refl_window
+from ddrl.algorithms.reward_backprop import (AlignProp, DRaFT, ReFL, alignprop_acceptance, alignprop_first_step,
+                                             refl_window)
 from ddrl.config import Config, ConfigError, apply_overrides
 from ddrl.config_checks import validate
 from ddrl.losses.reward_backprop import reward_loss
@@ -207,6 +208,42 @@ def test_alignprop_truncation_follows_the_reference_draw():
         g = torch.Generator().manual_seed(seed)
         assert alignprop_first_step(g, 50, "uniform", 8.0, 5.0, 1) == reference("uniform", seed)
     assert alignprop_first_step(torch.Generator(), 50, "fixed", 8.0, 5.0, 1) == 49  # the reference's 'fixed': 49
+
+
+@pytest.mark.parametrize("T,mean,std", [(50, 8.0, 5.0), (10, 9.0, 0.5), (4, 3.5, 1.0), (4, 0.5, 2.0), (6, 5.9, 0.3)])
+def test_alignprop_acceptance_is_the_frequency_of_valid_draws(T, mean, std):
+    """The closed form P(1 <= int(x) < T), x ~ N(T - mean, std), against 20,000 draws of the
+    sampler's own Gaussian: the binomial standard error is at most sqrt(0.25/20000) = 0.0035, so
+    5 standard errors is 0.018."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.normal(float(T - mean), float(std), (20_000,), generator=g)
+    b = x.to(torch.int64)  # int(): toward zero, as alignprop_first_step
+    freq = float(((b >= 1) & (b < T)).double().mean())
+    assert abs(freq - alignprop_acceptance(T, "gaussian", mean, std)) < 0.018
+    assert alignprop_acceptance(T, "uniform", mean, std) == (T - 1) / T
+
+
+@pytest.mark.parametrize("mean,std,accepted", [
+    (3.5, 0.0, False),     # x = 0.5 on every draw, int(x) = 0: the redraw loop never ended
+    (3.9, 0.01, False),    # x near 0.1: P(x >= 1) underflows to 0
+    (3.0, 0.0, True),      # x = 1: b = 1, the last 3 of 4 steps
+    (0.001, 1e-4, True),   # x just under 4: b = 3, one step
+])
+def test_alignprop_truncation_that_can_never_be_drawn_is_refused(mean, std, accepted):
+    cfg = apply_overrides(Config(), {"model.name": "shapes-sd", "sample.sampler": "ddim", "sample.num_steps": 4,
+                                     "train.algorithm": "alignprop", "reward.name": "learned(path=x)",
+                                     "backprop.truncation_mean_steps": mean, "backprop.truncation_std": std})
+    if not accepted:
+        with pytest.raises(ConfigError, match=r"with probability 0 per draw"):
+            validate(cfg)
+        return
+    validate(cfg)
+    assert alignprop_first_step(torch.Generator().manual_seed(0), 4, "gaussian", mean, std, 1) == int(4 - mean)
+
+
+def test_alignprop_draw_is_bounded():
+    with pytest.raises(RuntimeError, match="no truncation point in"):
+        alignprop_first_step(torch.Generator().manual_seed(0), 4, "gaussian", 3.5, 0.0, 1)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "velocity"])

@@ -29,6 +29,7 @@ before each reward step (ReFL's SDXL script does this on a dataset).
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Literal
@@ -123,19 +124,44 @@ def noise_of(gens: list[torch.Generator], shape: tuple[int, ...], device) -> Cal
     return lambda: torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
 
 
+MAX_TRUNCATION_DRAWS = 10_000
+MIN_TRUNCATION_ACCEPTANCE = 0.01
+
+
+def alignprop_acceptance(T: int, truncation: str, mean_steps: float, std: float) -> float:
+    """P(1 <= b < T) for one draw of `alignprop_first_step`. Gaussian: b = int(x), x ~ N(mu, std)
+    with mu = T - mean_steps; int() truncates toward zero, so for integers 1 and T, int(x) >= 1
+    iff x >= 1 and int(x) < T iff x < T: P = Phi((T - mu)/std) - Phi((1 - mu)/std); with std 0,
+    1 if 1 <= mu < T else 0. Uniform over {0..T-1}: (T - 1)/T. Fixed: 1 (no draw)."""
+    if truncation == "fixed":
+        return 1.0
+    if truncation == "uniform":
+        return (T - 1) / T
+    mu = T - mean_steps
+    if std == 0:
+        return float(1 <= mu < T)
+    phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))  # noqa: E731
+    return phi((T - mu) / std) - phi((1 - mu) / std)
+
+
 def alignprop_first_step(gen: torch.Generator, T: int, truncation: str, mean_steps: float, std: float,
                          steps: int) -> int:
     """AlignProp's truncation point b (sd_pipeline.py): gaussian int(N(T - mean_steps, std)),
-    truncated toward zero as Python's int(); uniform randint(0, T); redrawn until 1 <= b < T."""
+    truncated toward zero as Python's int(); uniform randint(0, T); redrawn until 1 <= b < T.
+    The config check requires an acceptance of at least 1% per draw (`alignprop_acceptance`), so
+    10,000 draws all failing has probability below 1e-43; the bound turns an impossible setting
+    that slipped past the check into an error instead of a hang."""
     if truncation == "fixed":
         return T - steps
-    while True:
+    for _ in range(MAX_TRUNCATION_DRAWS):
         if truncation == "gaussian":
             b = int(torch.normal(float(T - mean_steps), float(std), (), generator=gen))
         else:
             b = int(torch.randint(0, T, (), generator=gen))
         if 1 <= b < T:
             return b
+    raise RuntimeError(f"alignprop: no truncation point in [1, {T}) in {MAX_TRUNCATION_DRAWS} draws "
+                       f"({truncation}, mean_steps {mean_steps}, std {std})")
 
 
 class RewardBackprop(Algorithm):
@@ -302,6 +328,12 @@ class AlignProp(RewardBackprop):
         if b.truncation == "gaussian" and (b.truncation_std < 0 or not 0 < b.truncation_mean_steps < T):
             raise ConfigError(f"backprop.truncation_mean_steps ({b.truncation_mean_steps}) must be in (0, {T}) and "
                               f"truncation_std ({b.truncation_std}) >= 0")
+        p = alignprop_acceptance(T, b.truncation, b.truncation_mean_steps, b.truncation_std)
+        if p < MIN_TRUNCATION_ACCEPTANCE:
+            raise ConfigError(
+                f"backprop.truncation_mean_steps {b.truncation_mean_steps} with truncation_std {b.truncation_std} "
+                f"draws a truncation point in [1, {T}) with probability {p:.2g} per draw (the draw is repeated "
+                f"until it is): use truncation_mean_steps in (0, {T - 1}] or a larger truncation_std")
 
     @classmethod
     def trained_steps(cls, cfg) -> int:
