@@ -287,7 +287,7 @@ def test_reward_train_drops_and_reports_identical_pairs(tmp_path, capsys):
         _Indexed(pairs[1:], TextFeatures("shapes-sd"))
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     rows[0]["rejected"] = "broken.png"
-    with pytest.raises(RewardError, match="cannot read the image .*broken.png"):
+    with pytest.raises(RewardError, match="cannot decode the image .*broken.png"):
         _Indexed(read_pairs(_pairs_folder(tmp_path, rows[:1])), TextFeatures("shapes-sd"))
 
 

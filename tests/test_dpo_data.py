@@ -187,3 +187,99 @@ def test_offline_dpo_resumes_exactly_and_saves_its_position(tiny_sd_folder, tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert _rows(straight) == _rows(split)
     assert [r["data/pairs_seen"] for r in _rows(straight)] == [4, 8]
+
+
+def test_a_sixteen_bit_image_is_refused_naming_its_line_not_read_as_white(tiny_sd_folder, tmp_path):
+    """PIL converts a 16-bit PNG to RGB by clipping at 255 (a nearly white image); the pairs
+    reader uses ddrl's one decoder (decode.py), which refuses it."""
+    import numpy as np
+
+    from ddrl.models.loading import load_policy
+
+    path = _jsonl(tmp_path, n=3)
+    Image.fromarray(np.full((40, 56), 20000, np.uint16)).save(tmp_path / "img" / "2a.png")
+    rows = read_pair_rows(DataConfig(pairs=str(path)))
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: the image has mode 'I;16'"):
+        pair_latents(rows, load_policy(str(tiny_sd_folder)), "tiny", 32, False, tmp_path / "cache",
+                     skip_bad_rows=False, progress=False)
+
+
+def test_a_pair_of_one_image_is_a_bad_row(tiny_sd_folder, tmp_path):
+    """The same file on both sides is found when the rows are read; two files with the same
+    pixels when they are decoded. Either is refused naming its line, or skipped and counted."""
+    from ddrl.models.loading import load_policy
+
+    same_path = json.dumps({"prompt": "a red circle", "chosen": "img/0a.png", "rejected": "./img/0a.png"})
+    path = _jsonl(tmp_path, n=3, extra_lines=[same_path])
+    with pytest.raises(DataError, match=r"pairs.jsonl:4: chosen and rejected are the same image"):
+        read_pair_rows(DataConfig(pairs=str(path)))
+    assert len(read_pair_rows(DataConfig(pairs=str(path), skip_bad_rows=True)).rows) == 3
+    path = _jsonl(tmp_path, n=3)
+    _image(2).save(tmp_path / "img" / "1b.png")  # row 2's rejected now has its chosen's pixels
+    rows = read_pair_rows(DataConfig(pairs=str(path)))
+    policy = load_policy(str(tiny_sd_folder))
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: chosen and rejected are the same image"):
+        pair_latents(rows, policy, "tiny", 32, False, tmp_path / "c", skip_bad_rows=False, progress=False)
+    data, _, _ = pair_latents(rows, policy, "tiny", 32, False, tmp_path / "c2", skip_bad_rows=True, progress=False)
+    assert len(data) == 2 and "same image" in data.skipped[0]
+
+
+def test_captions_obey_the_training_prompt_rules(tiny_sd_folder, tmp_path):
+    """A caption longer than the text encoder reads is refused, not cut (as a training prompt);
+    with the built-in model, a word outside its vocabulary too. Each names the row."""
+    from ddrl.data import check_captions
+    from ddrl.models.loading import load_policy
+
+    long = " ".join(["circle"] * 30)
+    path = _jsonl(tmp_path, n=3, extra_lines=[
+        json.dumps({"prompt": long, "chosen": "img/0a.png", "rejected": "img/0b.png"})])
+    rows = read_pair_rows(DataConfig(pairs=str(path)))
+    tiny = load_policy(str(tiny_sd_folder))
+    with pytest.raises(DataError, match=r"pairs.jsonl:4: the caption \('circle circle.*'\) is 32 tokens; the text "
+                       r"encoder reads at most 16.*skip_bad_rows"):
+        check_captions(rows, tiny, skip=False)
+    kept = check_captions(rows, tiny, skip=True)
+    assert len(kept.rows) == 3 and kept.skipped[0].startswith(f"{path}:4: the caption")
+    path = _jsonl(tmp_path / "v", n=2, extra_lines=[
+        json.dumps({"prompt": "a purple dog", "chosen": "img/0a.png", "rejected": "img/0b.png"})])
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: prompt 'a purple dog' has words outside the model's "
+                       r"vocabulary: \['dog'\]"):
+        check_captions(read_pair_rows(DataConfig(pairs=str(path))), load_policy("shapes-sd"), skip=False)
+    only_long = type(rows)([rows.rows[-1]], rows.identity)
+    with pytest.raises(DataError, match="every caption breaks the prompt rules"):
+        check_captions(only_long, tiny, skip=True)
+
+
+def test_a_cache_folder_that_is_a_file_is_refused_before_any_model_loads(tmp_path):
+    (tmp_path / "cachefile").write_text("")
+    path = _jsonl(tmp_path, n=2)
+    cfg = tiny_config("shapes-sd", **{"train.algorithm": "dpo", "data.pairs": str(path),
+                                      "data.cache_dir": str(tmp_path / "cachefile" / "sub")})
+    with pytest.raises(ConfigError, match=r"data.cache_dir .*cachefile/sub is a file, not a folder \(its parent"):
+        validate(cfg)
+
+
+def test_a_writer_killed_mid_write_leaves_no_folder_that_restarts_keep(tiny_sd_folder, tmp_path):
+    """The cache is written in `.KEY.PID.tmp` and renamed; a writer killed before the rename
+    leaves that folder, which the next writer removes (its process is gone) while one whose
+    process is alive is kept."""
+    import os
+    import subprocess
+    import sys
+
+    from ddrl.models.loading import load_policy
+
+    rows = read_pair_rows(DataConfig(pairs=str(_jsonl(tmp_path, n=2))))
+    policy = load_policy(str(tiny_sd_folder))
+    _, folder, _ = pair_latents(rows, policy, "tiny", 32, False, tmp_path / "c", skip_bad_rows=False, progress=False)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = folder.with_name(f".{folder.name}.{int(dead.stdout)}.tmp")
+    live = folder.with_name(f".{folder.name}.{os.getppid()}.tmp")  # another writer, still running
+    for tmp in (stale, live):
+        tmp.mkdir()
+        (tmp / "latents.safetensors").write_bytes(b"half")
+    import shutil
+
+    shutil.rmtree(folder)
+    pair_latents(rows, policy, "tiny", 32, False, tmp_path / "c", skip_bad_rows=False, progress=False)
+    assert not stale.exists() and live.exists() and (folder / "latents.safetensors").is_file()

@@ -71,7 +71,7 @@ def cmd_sample(args) -> None:
     from .generate import generate
     from .grid import image_grid
     from .models import load_policy
-    from .models.prompt_length import check_prompt_lengths
+    from .models.prompt_length import check_prompts
 
     prompts = _read_prompts(args)
     out = Path(args.out)
@@ -82,7 +82,7 @@ def cmd_sample(args) -> None:
     all_prompts = [p for p in prompts for _ in range(args.per_prompt)]
     seeds = [args.seed + i for i in range(len(all_prompts))]
     policy = load_policy(args.model)
-    check_prompt_lengths(policy, prompts, "--prompt-file" if args.prompt_file else "--prompt")
+    check_prompts(policy, prompts, "--prompt-file" if args.prompt_file else "--prompt")
     t0 = time.time()
     images = generate(policy, all_prompts, seeds, num_steps=args.steps, guidance_scale=args.guidance,
                       eta=args.eta, batch_size=args.batch_size)

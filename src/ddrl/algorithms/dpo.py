@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from ..config import ConfigError
-from ..data import DataError, pair_latents, read_pair_rows
+from ..data import DataError, check_captions, pair_latents, read_pair_rows
+from ..io import check_writable_dir
 from ..losses.dpo import diffusion_dpo_loss
 from ..models.policy import Cond
 from ..options import option
@@ -99,6 +100,12 @@ class DPO(Algorithm):
             raise ConfigError(f"data.pairs_per_epoch ({d.pairs_per_epoch}) must be a multiple of train.batch_size "
                               f"({cfg.train.batch_size}) x train.gradient_accumulation_steps "
                               f"({cfg.train.gradient_accumulation_steps})")
+        from ..data.latent_cache import default_cache_dir
+
+        try:  # found now, not after every latent is encoded
+            check_writable_dir(d.cache_dir or default_cache_dir(), "data.cache_dir")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     @classmethod
     def needs_reference(cls, cfg) -> bool:
@@ -124,7 +131,7 @@ class DPO(Algorithm):
         if resolution % (2 * factor):  # an even latent side, as the UNets' and transformers' 2x2 patches need
             raise ConfigError(f"data.resolution {resolution} must be a multiple of {2 * factor} for {cfg.model.name} "
                               f"(twice its VAE's downsampling factor {factor})")
-        rows = read_pair_rows(cfg.data)
+        rows = check_captions(read_pair_rows(cfg.data), ctx.policy, cfg.data.skip_bad_rows)
 
         def latents():
             return pair_latents(rows, ctx.policy, cfg.model.name, resolution, cfg.data.hflip, cfg.data.cache_dir,

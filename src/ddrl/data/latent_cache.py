@@ -30,7 +30,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
-from .pairs import DataError, PairRows, open_image
+from .pairs import SAME_IMAGE, DataError, PairRows, open_image
 
 ENCODE_BATCH = 16
 
@@ -90,6 +90,25 @@ class PairLatents:
         return out[0], out[1]
 
 
+def _remove_stale_tmp(folder: Path) -> None:
+    """Remove the temporary folders of this cache left by a writer that was killed (each is named
+    with its writer's process id; one whose process is still running is kept)."""
+    for tmp in folder.parent.glob(f".{folder.name}.*.tmp"):
+        pid = tmp.name[len(folder.name) + 2:-4]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def cache_key(rows: PairRows, model_name: str, vae, resolution: int, hflip: bool) -> str:
     vae_config = json.dumps({k: v for k, v in dict(vae.config).items() if not k.startswith("_")},
                             sort_keys=True, default=str)
@@ -109,6 +128,7 @@ def pair_latents(rows: PairRows, policy, model_name: str, resolution: int, hflip
             raise DataError(f"{meta['skipped'][0]} (set data.skip_bad_rows true to skip bad rows and count them)")
         return PairLatents(meta["prompts"], load_file(folder / "latents.safetensors"), meta["skipped"],
                            meta["ties"]), folder, True
+    _remove_stale_tmp(folder)
     skipped = list(rows.skipped or [])
     prompts, where, parts = [], [], {}
     batch: list = []
@@ -130,6 +150,8 @@ def pair_latents(rows: PairRows, policy, model_name: str, resolution: int, hflip
     for row in tqdm(rows.rows, desc="encoding pair latents", unit="pair", disable=not progress):
         try:
             images = [preprocess(open_image(r), resolution) for r in (row.chosen, row.rejected)]
+            if torch.equal(images[0], images[1]):  # Diffusion-DPO's loss on such a pair is noise
+                raise ValueError(SAME_IMAGE)
         except ValueError as e:
             if not skip_bad_rows:
                 raise DataError(f"{row.where}: {e} (set data.skip_bad_rows true to skip bad rows and count "

@@ -14,7 +14,6 @@ skip.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..decode import decode_rgb
 from ..io import read_text
 
 
@@ -47,6 +47,7 @@ class PairRows:
     skipped: list[str] | None = None  # "where: why" of each bad row skipped
 
 
+SAME_IMAGE = "chosen and rejected are the same image: the pair carries no preference"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _JSONL_FIELDS = ("prompt", "chosen", "rejected")
 _JSONL_INFO = ("margin",)  # written by `ddrl reward-pairs`
@@ -83,6 +84,7 @@ def read_pair_rows(data, skip_bad_rows: bool | None = None) -> PairRows:
     kind = pairs_kind(data.pairs)
     try:
         out = read_jsonl_pairs(data.pairs, skip) if kind == "jsonl" else _read_dataset(data, skip)
+        out.rows = _drop_same_files(out, skip)
     except BadRow as e:
         raise DataError(f"{e} (set data.skip_bad_rows true to skip bad rows and count them)") from None
     if data.max_pairs:
@@ -91,6 +93,18 @@ def read_pair_rows(data, skip_bad_rows: bool | None = None) -> PairRows:
         why = f" ({len(out.skipped)} bad rows skipped, {out.ties} ties dropped)" if out.skipped or out.ties else ""
         raise DataError(f"data.pairs {data.pairs}: no usable pairs{why}")
     return out
+
+
+def _drop_same_files(out: PairRows, skip: bool) -> list[PairRow]:
+    """Rows naming one file on both sides, refused (or counted) before any image is decoded; two
+    files with the same pixels are found when decoded (latent_cache.py)."""
+    kept = []
+    for r in out.rows:
+        if isinstance(r.chosen, str) and Path(r.chosen).resolve() == Path(r.rejected).resolve():
+            _bad(skip, out.skipped, r.where, SAME_IMAGE)
+        else:
+            kept.append(r)
+    return kept
 
 
 class BadRow(DataError):
@@ -216,21 +230,39 @@ class _LazyCell:
 
 
 def open_image(ref) -> Image.Image:
-    """An RGB PIL image from a path, encoded bytes, a datasets image cell or a PIL image; a
-    ValueError says why it cannot be read."""
+    """An RGB PIL image from a path, encoded bytes, a datasets image cell or a PIL image, by ddrl's
+    one decoder (decode.py: 16-bit and float images are refused, not clipped); a ValueError says
+    why it cannot be read."""
     if isinstance(ref, _LazyCell):
         ref = ref.get()
     if isinstance(ref, dict):  # a datasets Image cell with decode=False
         ref = ref.get("bytes") or ref.get("path")
-    try:
-        if isinstance(ref, Image.Image):
-            return ref.convert("RGB")
-        if isinstance(ref, (bytes, bytearray)):
-            with Image.open(io.BytesIO(ref)) as im:
-                return im.convert("RGB")
-        if isinstance(ref, str):
-            with Image.open(ref) as im:
-                return im.convert("RGB")
-    except Exception as e:  # noqa: BLE001 - truncated, corrupt, or not an image: one clear message
-        raise ValueError(f"cannot decode the image ({type(e).__name__}: {str(e)[:200]})") from None
-    raise ValueError(f"expected image bytes or a path, got {type(ref).__name__}")
+    return decode_rgb(ref)
+
+
+def check_captions(rows: PairRows, policy, skip: bool) -> PairRows:
+    """The captions under the prompt rules that training prompts obey (models/prompt_length.py:
+    the model's vocabulary and the length it reads whole; a caption is refused, never cut). A
+    failing row is a bad row: refused naming its line, or with `skip` counted and dropped."""
+    from ..models.prompt_length import check_prompts
+
+    bad: dict[str, str] = {}
+    for caption in dict.fromkeys(r.prompt for r in rows.rows):
+        try:
+            check_prompts(policy, [caption], "caption")
+        except ValueError as e:
+            bad[caption] = str(e).replace("caption: ", "", 1).replace("prompt 1 ", "the caption ", 1)
+    if not bad:
+        return rows
+    skipped, kept = list(rows.skipped or []), []
+    for r in rows.rows:
+        if r.prompt in bad:
+            try:
+                _bad(skip, skipped, r.where, bad[r.prompt])
+            except BadRow as e:
+                raise DataError(f"{e} (set data.skip_bad_rows true to skip bad rows and count them)") from None
+        else:
+            kept.append(r)
+    if not kept:
+        raise DataError(f"no usable pairs: every caption breaks the prompt rules (first: {skipped[-1]})")
+    return PairRows(kept, rows.identity, rows.ties, skipped)

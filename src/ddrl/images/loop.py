@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..algorithms import Context, algorithm_class, options_of
 from ..config import Config, run_config_text
 from ..config_checks import check_model_kind
-from ..models.prompt_length import check_prompt_lengths
+from ..models.prompt_length import check_prompts
 from ..prompts import load_prompt_records, shown
 from ..rewards import get_reward
 from ..run import NonFiniteError, OptimizerStep, Session, first_nonfinite, list_checkpoints, nonfinite_error
@@ -73,8 +73,8 @@ class ImageRun:
         self.policy = load_policy(cfg.model.name, device=acc.device)
         algorithm, options = algorithm_class(cfg.train.algorithm), options_of(cfg)
         check_model_kind(cfg, self.policy.prediction)
-        check_prompt_lengths(self.policy, self.train_prompts, f"prompts.source {cfg.prompts.source}")
-        check_prompt_lengths(self.policy, self.eval_prompts, f"prompts.eval_source {cfg.prompts.eval_source}")
+        check_prompts(self.policy, self.train_prompts, f"prompts.source {cfg.prompts.source}")
+        check_prompts(self.policy, self.eval_prompts, f"prompts.eval_source {cfg.prompts.eval_source}")
         self.sampler = self.make_sampler(cfg.sample.num_steps)
         with torch.no_grad():  # validates every prompt against the model before any work
             self.cond_table = self.policy.encode(self.train_prompts)

@@ -1,4 +1,8 @@
-"""How long a prompt may be: what the model's longest-reading text encoder takes (CLIP 77 tokens;
+"""The one prompt check for every path that reads text (training and evaluation prompts, `ddrl
+sample`'s prompts, Diffusion-DPO's captions): words the model knows (the built-in models read a
+fixed vocabulary) and a length it reads whole.
+
+How long a prompt may be: what the model's longest-reading text encoder takes (CLIP 77 tokens;
 SD3's and FLUX's T5 `max_sequence_length`). Longer prompts are refused rather than truncated: a
 reward reads the whole prompt, so a policy that saw only its start would be scored against words it
 never read (diffusers truncates them with a warning instead)."""
@@ -36,3 +40,15 @@ def check_prompt_lengths(policy, prompts: Sequence[str], source: str) -> None:
         if n > limit:
             raise ValueError(f"{source}: prompt {i + 1} ({shown(p)}) is {n} tokens; the text encoder reads at most "
                              f"{limit} (the rest would be cut off while the reward reads it all). Shorten it")
+
+
+def check_prompts(policy, prompts: Sequence[str], source: str) -> None:
+    """Refuse, with a ValueError naming `source` and the prompt, a prompt with words outside the
+    model's vocabulary (when it has one) or longer than it reads."""
+    check = getattr(policy, "prompt_check", None)
+    if check is not None:
+        try:
+            check(prompts)
+        except ValueError as e:
+            raise type(e)(f"{source}: {e}") from None
+    check_prompt_lengths(policy, prompts, source)

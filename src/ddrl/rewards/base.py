@@ -43,7 +43,12 @@ def as_image_tensor(name: str, images: Any) -> Tensor:
         sizes = {im.size for im in images}
         if len(sizes) > 1:
             raise RewardError(f"reward {name!r}: PIL images of different sizes {sorted(sizes)}; resize them to one size")
-        arr = np.stack([np.asarray(im.convert("RGB")) for im in images])
+        from ..decode import ImageDecodeError, rgb_array
+
+        try:
+            arr = np.stack([rgb_array(im, f"reward {name!r}: image {i}") for i, im in enumerate(images)])
+        except ImageDecodeError as e:
+            raise RewardError(str(e)) from None
         return torch.from_numpy(arr).permute(0, 3, 1, 2).float() / 255
     if isinstance(images, (list, tuple)) and not images:
         raise RewardError(f"reward {name!r}: empty batch")

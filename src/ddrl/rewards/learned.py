@@ -110,15 +110,14 @@ def read_pairs(path: str | Path) -> list[dict]:
 
 
 def load_images(paths: Sequence[str]) -> Tensor:
-    from PIL import Image
+    from ..decode import ImageDecodeError, rgb_array
 
     arrays = []
     for p in paths:
         try:
-            with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB")))
-        except Exception as e:  # noqa: BLE001 - any unreadable image gets the same clear message
-            raise RewardError(f"cannot read the image {p} ({type(e).__name__}: {e})") from None
+            arrays.append(rgb_array(p, f"the image {p}"))
+        except ImageDecodeError as e:  # unreadable, or 16-bit/float: the one decoder's message
+            raise RewardError(str(e)) from None
     if len({a.shape for a in arrays}) > 1:
         raise RewardError(f"pair images differ in size: {sorted({a.shape for a in arrays})}; resize them to one size")
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()  # uint8

@@ -29,6 +29,8 @@ import socket
 import numpy as np
 import torch
 
+from ..decode import ImageDecodeError, check_eight_bit
+
 NPZ, JSON = "application/x-npz", "application/json"
 
 
@@ -71,10 +73,6 @@ def decode_npz(body: bytes, max_pixels: int) -> tuple[torch.Tensor, list[str], l
     return torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)), prompts.tolist(), metadata
 
 
-# 8-bit PIL modes; 16-bit and float images ("I;16", "I", "F") are refused, not silently clipped
-EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
-
-
 def decode_json(body: bytes, max_pixels: int) -> tuple[torch.Tensor, list[str], list[dict] | None]:
     from PIL import Image
 
@@ -94,9 +92,11 @@ def decode_json(body: bytes, max_pixels: int) -> tuple[torch.Tensor, list[str], 
     pixels = sum(im.width * im.height for im in opened)
     if pixels > max_pixels:
         raise BadRequest(413, f"images of {pixels} pixels in all are over this server's limit of {max_pixels}")
-    for i, im in enumerate(opened):
-        if im.mode not in EIGHT_BIT_MODES:
-            raise BadRequest(400, f"image {i} has mode {im.mode!r}; send 8-bit images (RGB, RGBA, L or P)")
+    try:  # 16-bit and float images are refused, not clipped (ddrl/decode.py)
+        for i, im in enumerate(opened):
+            check_eight_bit(im, f"image {i}")
+    except ImageDecodeError as e:
+        raise BadRequest(400, str(e))
     if len({im.size for im in opened}) > 1:
         raise BadRequest(400, f"images differ in size: {sorted({im.size for im in opened})}")
     try:

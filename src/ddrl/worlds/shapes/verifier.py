@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from ...decode import rgb_array
 from .prompts import PromptSpec, parse_prompt
 from .render import HUES, relations_between
 
@@ -51,7 +52,7 @@ class Verdict:
 def _to_array(image) -> np.ndarray:
     """(H, W, 3) float in [0, 1] from a PIL image, a uint8 array or a float array/tensor."""
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0
+        return rgb_array(image, "the verifier's image").astype(np.float64) / 255.0
     a = np.asarray(image.detach().cpu() if hasattr(image, "detach") else image)
     if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
         a = a.transpose(1, 2, 0)
