@@ -17,7 +17,7 @@ from ddrl.worlds.shapes import split
 
 @pytest.mark.learning
 def test_offline_dpo_wins_against_the_base_under_the_hidden_preference(tmp_path):
-    counts = make_shapes_pairs(tmp_path / "pairs", images_per_prompt=6, heldout_images_per_prompt=1,
+    counts = make_shapes_pairs(tmp_path / "pairs", images_per_prompt=6, heldout_images_per_prompt=0,
                                max_prompts=40, seed=0, progress=False)
     cfg = apply_overrides(Config(), {
         "model.name": "shapes-sd", "train.algorithm": "dpo", "data.pairs": str(tmp_path / "pairs" / "train.jsonl"),

@@ -85,3 +85,60 @@ def test_report_to_refusals(tiny_sd_folder, monkeypatch):
     with pytest.raises(ConfigError, match="needs trackio: pip install trackio"):
         validate(tiny_config(tiny_sd_folder, **{"run.report_to": "trackio"}))
     validate(tiny_config(tiny_sd_folder, **{"run.report_to": "none"}))
+    with pytest.raises(ConfigError, match="'none' turns every tracker off, so it cannot be listed with others"):
+        validate(tiny_config(tiny_sd_folder, **{"run.report_to": "none,wandb"}))
+
+
+def _refused_before_any_model_loads(cfg, run_dir, match):
+    """`ddrl train`'s checks refuse it in under a few seconds, with no model loaded and no folder made."""
+    import time
+
+    from ddrl.images import check_run
+
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        check_run(cfg, run_dir)
+    assert time.perf_counter() - t0 < 20 and not run_dir.exists()
+
+
+def test_wandb_without_credentials_is_refused_before_any_model_loads(tiny_sd_folder, tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.delenv("NETRC", raising=False)
+    cfg = tiny_config(tiny_sd_folder, **{"run.report_to": "tensorboard,wandb"})
+    _refused_before_any_model_loads(cfg, tmp_path / "run", r"run.report_to wandb: no W&B credentials .*wandb login.*"
+                                    r"WANDB_MODE=offline")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    _refused_before_any_model_loads(cfg, tmp_path / "run", r"run.report_to wandb: cannot reach http://127.0.0.1:9")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # offline needs neither
+    from ddrl.images import check_run
+
+    check_run(cfg, tmp_path / "run")
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:9", "https://127.0.0.1:9/some/path"])
+def test_an_unreachable_mlflow_server_is_refused_before_any_model_loads(uri, tiny_sd_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    cfg = tiny_config(tiny_sd_folder, **{"run.report_to": "mlflow"})
+    _refused_before_any_model_loads(cfg, tmp_path / "run", rf"run.report_to mlflow: cannot reach {uri}")
+
+
+def test_a_tracker_that_fails_to_start_is_one_line_and_leaves_no_run_folder(tiny_sd_folder, tmp_path, monkeypatch):
+    """Past the checks, a tracker can still fail at its start (a server that refuses the key, a
+    full disk): one line naming it, and the fresh run's folder removed."""
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    def refuse(self):
+        raise PermissionError("401 Unauthorized: the API key was revoked\nmore lines")
+
+    monkeypatch.setattr(LOGGER_TYPE_TO_CLASS["mlflow"], "start", refuse)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = tmp_path / "run"
+    from ddrl.run.trackers import TrackerError
+
+    with pytest.raises(TrackerError, match=r"^run.report_to mlflow: the tracker could not start \(PermissionError: "
+                       r"401 Unauthorized: the API key was revoked\)$"):
+        train(tiny_config(tiny_sd_folder, **{"run.report_to": "mlflow"}), run)
+    assert not run.exists()

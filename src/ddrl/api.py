@@ -29,8 +29,14 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: dic
                 **kwargs: Any) -> Config:
     """A run configuration from a preset name (None: the default preset), a YAML file, a nested or
     dotted dict, or a Config; then `overrides` ({"train.learning_rate": 1e-4}) and keyword
-    overrides with `__` for the dot (train__learning_rate=1e-4)."""
+    overrides with `__` for the dot (train__learning_rate=1e-4). The result is checked as `train`
+    and `ddrl train` check it, so a value they would refuse is refused here."""
+    from .config_checks import validate
     from .presets import DEFAULT_PRESET, preset_config
+
+    _expect(source, (str, Path, dict, Config, type(None)), "config",
+            "a preset name, a YAML file path, a dict of settings or a Config")
+    _expect(overrides, (dict, type(None)), "overrides", 'a dict such as {"train.learning_rate": 1e-4}')
 
     if isinstance(source, Config):
         cfg = source
@@ -43,7 +49,15 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: dic
             raise ConfigError(f"config file {source} does not exist")
         cfg = apply_overrides(Config(), load_yaml(source))
     extra = dict(overrides or {}) | {k.replace("__", "."): v for k, v in kwargs.items()}
-    return apply_overrides(cfg, extra)  # also fills in the algorithm's default options
+    cfg = apply_overrides(cfg, extra)  # also fills in the algorithm's default options
+    validate(cfg)
+    return cfg
+
+
+def _expect(value: Any, types: tuple, what: str, expected: str) -> None:
+    """The API's arguments get the CLI's one-line errors, not a TypeError from deep inside."""
+    if not isinstance(value, types) or isinstance(value, bool) and bool not in types:
+        raise ConfigError(f"{what}: expected {expected}, got {type(value).__name__} {value!r:.60}")
 
 
 class CallableReward:
@@ -61,14 +75,23 @@ class CallableReward:
         info: Any = {}
         if isinstance(out, tuple) and len(out) == 2:  # TRL's (rewards, reward_metadata)
             out, info = out
-        scores = out if isinstance(out, torch.Tensor) and self.differentiable else torch.as_tensor(
-            out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out, dtype=torch.float32)
+        try:
+            scores = out if isinstance(out, torch.Tensor) and self.differentiable else torch.as_tensor(
+                out.detach().cpu().numpy() if isinstance(out, torch.Tensor) else out, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise RewardError(f"reward {self.name!r} returned {_shown(out)}; expected one number per image (a "
+                              "tensor, array or list of floats), or (scores, info)") from None
         if scores.dim() != 1 or len(scores) != len(prompts):
             raise RewardError(f"reward {self.name!r} returned scores of shape {tuple(scores.shape)} for "
                               f"{len(prompts)} images; expected one number per image")
         details = {k: list(v) for k, v in info.items()
                    if isinstance(v, (list, tuple)) and len(v) == len(prompts)} if isinstance(info, dict) else {}
         return RewardOutput(scores.float(), details)
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60] + '...' if len(text) > 60 else text}"
 
 
 def register_reward(name: str, fn: Callable, *, description: str = "a Python callable",
@@ -141,6 +164,13 @@ def train(config: str | Path | dict | Config | None = None, *, run_dir: str | Pa
 
     from .images import check_run, run_images
 
+    if reward is not None and not callable(reward):
+        _expect(reward, (str,), "reward", "a reward name or spec (str) or a callable fn(images, prompts, metadata)")
+    _expect(run_dir, (str, Path, type(None)), "run_dir", "a folder path")
+    _expect(resume, (bool,), "resume", "True or False")
+    for what, value in (("prompts", prompts), ("eval_prompts", eval_prompts)):
+        if value is not None and not callable(value):
+            _expect(value, (list, tuple), what, "a list of prompts or (prompt, metadata) pairs, or a prompt function")
     cfg = load_config(config, **overrides)
     if callable(reward):
         name = getattr(reward, "__name__", "")

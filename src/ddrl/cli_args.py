@@ -25,6 +25,15 @@ def _number_type(kind: type, interval: str):
 
 
 positive_int = _number_type(int, "[1, inf)")
+pair_count = _number_type(int, "[2, inf)")  # images per prompt, two at least to make a pair
+
+
+def optional_pair_count(text: str) -> int:
+    """0 (none) or a `pair_count`."""
+    v = _number(text, int, "[0, inf)")
+    if v == 1:
+        raise argparse.ArgumentTypeError("expected 0 (none) or at least 2 (a pair needs two images), got 1")
+    return v
 seed_int = _number_type(int, "[0, 4294967295]")
 port_int = _number_type(int, "[0, 65535]")
 positive_float = _number_type(float, "(0, inf)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from .cli_args import non_negative_float, port_int, positive_float, positive_int, seed_int
+from .cli_args import non_negative_float, optional_pair_count, pair_count, port_int, positive_float, positive_int, seed_int
 
 
 def cmd_rewards(args) -> None:
@@ -118,8 +118,9 @@ def add_reward_commands(sub) -> None:
                        "preference (verifier correctness + a taste for saturated colour): train.jsonl, "
                        "heldout.jsonl (new images of the training prompts) and heldout_prompts.jsonl.")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--images-per-prompt", type=positive_int, default=16, help="training images per prompt (default: 16)")
-    p.add_argument("--heldout-images-per-prompt", type=positive_int, default=4, help="held-out images per prompt (default: 4)")
+    p.add_argument("--images-per-prompt", type=pair_count, default=16, help="training images per prompt, >= 2 (default: 16)")
+    p.add_argument("--heldout-images-per-prompt", type=optional_pair_count, default=4,
+                   help="held-out images per prompt: 0 writes no held-out sets, else >= 2 (default: 4)")
     p.add_argument("--steps", type=positive_int, default=10, help="sampling steps (default: 10)")
     p.add_argument("--saturation-weight", type=non_negative_float, default=0.5,
                    help="weight of mean saturation in the hidden preference (default: 0.5)")

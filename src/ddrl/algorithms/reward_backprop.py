@@ -41,7 +41,7 @@ from torch import Tensor
 from ..config import ConfigError
 from ..losses.reward_backprop import DEFAULTS, reward_loss
 from ..models.policy import Cond, guided_prediction
-from ..rewards import check_output, non_differentiable, parse
+from ..rewards import RewardError, check_output, non_differentiable, parse
 from ..options import option
 from .base import Algorithm, Context, mean_stats
 from .forward_process import ForwardProcess
@@ -239,6 +239,10 @@ class RewardBackprop(Algorithm):
             images = ctx.policy.decode(latents)
             out = ctx.reward(images.to(ctx.reward.device), prompts * copies, metadata * copies)
             r = check_output(ctx.reward.name, out, len(images))
+            if images.requires_grad and not r.requires_grad:  # else every step would be a silent zero gradient
+                raise RewardError(f"reward {ctx.reward.name!r} is declared differentiable, but its scores carry no "
+                                  "gradient to the images (computed under torch.no_grad, detached, or through numpy "
+                                  "or PIL?); return a tensor computed from the images in torch")
             r = r if r.dtype == torch.float64 else r.float()
             loss = reward_loss(r, self.loss, self.target, self.scale)
             if kl_terms:

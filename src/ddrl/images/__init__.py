@@ -12,14 +12,17 @@ from ..io import check_writable_dir
 
 
 def check_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, resume_override: bool = False) -> list[str]:
-    """Every check before any model loads: the config, the run folder, and on resume that the
+    """Every check before any model loads: the config, the run folder, the trackers' credentials
+    and servers, and on resume that the
     config keeps the run's except where RESUME_SAFE allows (or `resume_override`). Returns the
     changes a resume makes, as 'key: old -> new' lines."""
     from ..run.resume import NAME, check_resume
+    from ..run.trackers import preflight
 
     validate(cfg)
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "the run folder")
+    preflight(cfg.run.report_to)
     if resume:
         if not (run_dir / NAME).exists():
             raise ValueError(f"{run_dir} holds no run to resume (no {NAME}); start a run there without resume")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -80,12 +81,20 @@ def make_shapes_pairs(out_dir: str | Path, *, images_per_prompt: int = 16, heldo
     from ..models import load_policy
     from ..worlds.shapes import split
 
+    if images_per_prompt < 2:
+        raise ValueError(f"images_per_prompt must be at least 2 (a pair needs two images), got {images_per_prompt}")
+    if heldout_images_per_prompt == 1 or heldout_images_per_prompt < 0:
+        raise ValueError("heldout_images_per_prompt must be 0 (no held-out sets) or at least 2 (a pair needs two "
+                         f"images), got {heldout_images_per_prompt}")
+    fresh = not Path(out_dir).exists()
     out = check_writable_dir(out_dir, "the pairs folder")
     policy = load_policy("shapes-sd")
     counts = {}
     parts = {"train": ("train", images_per_prompt), "heldout": ("train", heldout_images_per_prompt),
              "heldout_prompts": ("heldout", heldout_images_per_prompt)}
     for offset, (part, (prompt_split, per_prompt)) in enumerate(parts.items()):
+        if per_prompt == 0:
+            continue
         prompts = split(prompt_split)[:max_prompts]
         (out / "images" / part).mkdir(parents=True, exist_ok=True)
         rep = [p for p in prompts for _ in range(per_prompt)]
@@ -105,6 +114,11 @@ def make_shapes_pairs(out_dir: str | Path, *, images_per_prompt: int = 16, heldo
                     w, l_ = (a, b) if h[a] > h[b] else (b, a)
                     rows.append({"prompt": p, "chosen": names[w], "rejected": names[l_],
                                  "margin": round(abs(h[a] - h[b]), 4)})
+        if not rows:  # an empty pairs file would only fail later, in reward-train or DPO
+            if fresh:
+                shutil.rmtree(out, ignore_errors=True)
+            raise ValueError(f"no {part} pairs: no two images of a prompt differ in the hidden preference by "
+                             f"the margin {margin}; sample more images per prompt or more prompts")
         atomic_write_text(out / f"{part}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         counts[part] = len(rows)
     atomic_write_text(out / "preference.json", json.dumps(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..config import flatten
 
@@ -23,6 +25,9 @@ def parse_report_to(value: str) -> list[str]:
     names = [n.strip().lower() for n in value.split(",") if n.strip()]
     if names in ([], ["none"]):
         return []
+    if "none" in names:
+        raise ValueError(f"run.report_to {value!r}: 'none' turns every tracker off, so it cannot be listed with "
+                         "others; give either none or the trackers")
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
         raise ValueError(f"run.report_to: unknown tracker {unknown[0]!r}; use a comma-separated list of "
@@ -32,6 +37,48 @@ def parse_report_to(value: str) -> list[str]:
 
 def missing_packages(names: list[str]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+class TrackerError(ValueError):
+    """A tracker cannot log; the message says which and what to set."""
+
+
+OFFLINE_WANDB_MODES = ("offline", "disabled", "dryrun")
+
+
+def preflight(report_to: str, timeout: float = 5.0) -> None:
+    """Before any model loads: each tracker that logs to a server has credentials and can reach
+    it, so a run does not load a model and then fail (or retry for minutes) at its first log."""
+    names = parse_report_to(report_to)
+    if "wandb" in names and os.environ.get("WANDB_MODE", "").lower() not in OFFLINE_WANDB_MODES:
+        base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+        host = urlsplit(base).hostname or base
+        if not os.environ.get("WANDB_API_KEY") and not _netrc_has(host):
+            raise TrackerError(f"run.report_to wandb: no W&B credentials for {host} (WANDB_API_KEY or ~/.netrc); run "
+                               "`wandb login`, or set WANDB_MODE=offline to log locally and sync later")
+        _reachable("wandb", base, timeout, "or set WANDB_MODE=offline to log locally and sync later")
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if "mlflow" in names and uri.startswith(("http://", "https://")):
+        _reachable("mlflow", uri, timeout, "or unset MLFLOW_TRACKING_URI to keep MLflow's store in the run folder")
+
+
+def _netrc_has(host: str) -> bool:
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable(name: str, url: str, timeout: float, fix: str) -> None:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise TrackerError(f"run.report_to {name}: cannot reach {url} ({e.strerror or type(e).__name__}, "
+                           f"{timeout:g} s); check the address and the network, {fix}") from None
 
 
 def open_log(run_dir: Path, report_to: str, config: dict, start_epoch: int, resume: bool):
@@ -63,8 +110,13 @@ class Trackers:
                 if "MLFLOW_TRACKING_URI" not in os.environ:
                     _local_mlflow_store(run_dir)
                 tracker = LOGGER_TYPE_TO_CLASS[n](experiment_name="ddrl", run_name=name)
-            tracker.start()
-            tracker.store_init_configuration(flatten(config))
+            try:
+                tracker.start()
+                tracker.store_init_configuration(flatten(config))
+            except Exception as e:  # noqa: BLE001 - each tracker library fails its own way; one line says which
+                self.finish()
+                raise TrackerError(f"run.report_to {n}: the tracker could not start ({type(e).__name__}: "
+                                   f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})") from e
             self.trackers.append(tracker)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
