@@ -105,3 +105,5 @@ def test_paired_change_is_the_mean_difference_with_its_standard_error():
     mean, se = paired_change([0.5, 0.2, 0.0, 0.4, None], [0.6, 0.5, 0.2, 0.6, 0.9])
     assert mean == pytest.approx(0.2)
     assert se == pytest.approx((0.02 / 12) ** 0.5)
+    mean, se = paired_change([0.5], [0.75])  # one image: its difference, and no standard error
+    assert mean == 0.25 and se != se

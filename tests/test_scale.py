@@ -244,6 +244,39 @@ def test_deepspeed_and_fsdp1_are_refused_with_the_reason():
     assert not is_sharded(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU))
 
 
+@pytest.mark.parametrize("env,refused", [
+    ({"ACCELERATE_USE_DEEPSPEED": "true"}, "DeepSpeed is not supported"),
+    ({"ACCELERATE_USE_DEEPSPEED": "True", "ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, "DeepSpeed"),
+    ({"ACCELERATE_USE_FSDP": "true"}, "FSDP1 is not supported"),  # accelerate's default version is 1
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}, "FSDP1 is not supported"),
+    ({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}, None),
+    ({"ACCELERATE_USE_DEEPSPEED": "false", "ACCELERATE_USE_FSDP": "false", "FSDP_VERSION": "1"}, None),
+])
+def test_the_refusals_are_read_from_accelerate_launchs_environment(env, refused):
+    """`accelerate launch --config_file X` passes its config to each process as these variables;
+    they are read before an Accelerator is built (which fails inside accelerate under them)."""
+    from ddrl.run.sharding import ShardingError, check_launch
+
+    if refused is None:
+        check_launch(env)
+    else:
+        with pytest.raises(ShardingError, match=refused):
+            check_launch(env)
+
+
+@pytest.mark.parametrize("env", [{"ACCELERATE_USE_DEEPSPEED": "true"}, {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "1"}])
+def test_ddrl_train_under_a_refused_launch_is_one_line_before_any_model_loads(env, tmp_path):
+    import os
+    import sys
+
+    run = tmp_path / "run"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "ddrl.cli", "train", "shapes-quick", "--run.output-dir", str(run)],
+                         capture_output=True, text=True, env=os.environ | env)
+    assert out.returncode == 2 and out.stderr.strip().count("\n") == 0, out.stderr[-2000:]
+    assert "is not supported" in out.stderr and not run.exists() and time.perf_counter() - t0 < 60
+
+
 def test_memory_estimate_terms(tiny_sd_folder, tmp_path):
     """The estimate's terms are what docs/scale.md says: gradients 4 bytes and AdamW state 8 bytes
     per trainable parameter, weights the pipeline's parameters and buffers; the activation probe

@@ -341,6 +341,11 @@ def test_the_report_headline_gives_the_paired_change_in_standard_errors():
     before["per_image"]["heldout"] = {"reward": [0.5, 0.7, 0.6, 0.6]}
     after["per_image"]["heldout"] = {"reward": [0.6, 0.8, 0.8, 0.6]}
     assert headline(before, after, "aesthetic").startswith("held-out aesthetic 0.600 → 0.700 (+0.100, 2.4 s.e.;")
+    # one image: its change and no s.e. (not "+nan points")
+    before = {"heldout": {"accuracy_per_image": 0.0}, "per_image": {"heldout": {"correct": [0]}}}
+    after = {"heldout": {"accuracy_per_image": 1.0}, "per_image": {"heldout": {"correct": [1]}}}
+    assert headline(before, after, "shapes-verifier") == (
+        "held-out accuracy 0% → 100% (+100 points, no s.e. from one image; 1 image, the same seeds before and after)")
 
 
 def test_the_report_gives_each_category_its_own_paired_standard_error(tmp_path):

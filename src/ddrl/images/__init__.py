@@ -17,8 +17,10 @@ def check_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, resume_
     config keeps the run's except where RESUME_SAFE allows (or `resume_override`). Returns the
     changes a resume makes, as 'key: old -> new' lines."""
     from ..run.resume import NAME, check_resume
+    from ..run.sharding import check_launch
     from ..run.trackers import preflight
 
+    check_launch()
     validate(cfg)
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "the run folder")

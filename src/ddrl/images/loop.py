@@ -32,7 +32,7 @@ from ..rewards import get_reward
 from ..run import NonFiniteError, OptimizerStep, Session, first_nonfinite, list_checkpoints, nonfinite_error
 from ..run.checkpoint import load_latest_intact
 from ..run.optim import average_gradients, make_optimizer
-from ..run.sharding import full_state, is_sharded, local, shard
+from ..run.sharding import check_launch, full_state, is_sharded, local, shard
 from ..sampling import DDIMSampler, FlowSampler
 from .evaluation import Evaluator
 from .memory import estimate as memory_estimate
@@ -48,6 +48,7 @@ class ImageRun:
     def __init__(self, cfg: Config, run_dir: Path, accelerator=None):
         from accelerate import Accelerator
 
+        check_launch()  # DeepSpeed and FSDP1 refused before accelerate is asked to set them up
         self.cfg, self.run_dir = cfg, run_dir
         self.accelerator = acc = accelerator or Accelerator(mixed_precision=cfg.run.mixed_precision,
                                                             cpu=not torch.cuda.is_available())

@@ -38,8 +38,8 @@ def headline(before: dict, after: dict, reward_name: str) -> str:
         b, a = before["heldout"]["reward"], after["heldout"]["reward"]
         what = f"held-out {reward_name} {b:.3f} → {a:.3f} ({d:+.3f}"
     n = len(pb.get("correct") or pb.get("reward") or [])
-    sig = f", {d / se:.1f} s.e." if se == se and se > 0 else ""
-    return f"{what}{sig}; {n} images, the same seeds before and after)"
+    sig = f", {d / se:.1f} s.e." if se == se and se > 0 else ", no s.e. from one image" if n == 1 else ""
+    return f"{what}{sig}; {n} image{'s' if n != 1 else ''}, the same seeds before and after)"
 
 
 def finish_run(run_dir: Path, cfg, epochs: int, description: str, rows: list[dict], before: dict, after: dict,

@@ -58,6 +58,29 @@ def _read_index(where: str, local: bool) -> dict:
         raise ModelError(f"could not load {where!r}: cannot read {source}: {_one_line(e)}") from e
 
 
+def _check_components(folder: Path, index: dict) -> None:
+    """Each component model_index.json lists is present and is the class it names, read from the
+    component's config.json before any weight loads (diffusers would fail mid-load, in its words)."""
+    for name, spec in index.items():
+        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[1] is None:
+            continue
+        sub = folder / name
+        if not sub.is_dir():
+            raise ModelError(f"{folder} is not a complete {index['_class_name']}: model_index.json lists {name} "
+                             f"({spec[1]}) but there is no folder {name}/")
+        config = sub / "config.json"
+        if not config.is_file():
+            continue  # tokenizers and schedulers keep other files; diffusers names what is missing
+        try:
+            found = json.loads(config.read_text())
+        except ValueError as e:
+            raise ModelError(f"{config} is not valid JSON ({e})") from None
+        found = found.get("_class_name")  # diffusers' models name their class; transformers' may not
+        if spec[0] == "diffusers" and found and found != spec[1]:
+            raise ModelError(f"{folder} holds the wrong model for a {index['_class_name']}: {name}/config.json is a "
+                             f"{found}, but model_index.json expects {spec[1]}")
+
+
 def _one_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
@@ -86,6 +109,8 @@ def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
     cls = index.get("_class_name")
     if cls not in _PIPELINES:
         raise ModelError(f"{name_or_path!r} is a {cls}; supported pipelines are {_PIPELINES}")
+    if local:
+        _check_components(Path(where), index)
     meta = {}
     if local and (Path(where) / "ddrl.json").exists():
         meta = json.loads((Path(where) / "ddrl.json").read_text())

@@ -14,11 +14,14 @@ def _fmt(v) -> str:
 
 
 def paired_change(before: list, after: list) -> tuple[float, float]:
-    """Mean and standard error of after - before over images sampled from the same seeds."""
+    """Mean and standard error of after - before over images sampled from the same seeds (the
+    error is nan for fewer than two images, the mean for none)."""
     d = [a - b for a, b in zip(after, before) if a is not None and b is not None]
-    if len(d) < 2:
+    if not d:
         return float("nan"), float("nan")
     mean = sum(d) / len(d)
+    if len(d) == 1:
+        return mean, float("nan")
     return mean, (sum((x - mean) ** 2 for x in d) / (len(d) - 1) / len(d)) ** 0.5
 
 

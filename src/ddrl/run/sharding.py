@@ -15,6 +15,8 @@ algorithms call themselves.
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import Tensor
 
@@ -23,16 +25,34 @@ class ShardingError(ValueError):
     """A distributed setup ddrl cannot train under; the message says what to use."""
 
 
+NO_DEEPSPEED = ("DeepSpeed is not supported: its engine owns the backward pass and the optimizer step, which ddrl's "
+                "algorithms run themselves. Shard with FSDP2 instead: accelerate launch --config_file "
+                "examples/accelerate/fsdp2.yaml -m ddrl.cli train ...")
+NO_FSDP1 = "FSDP1 is not supported; set fsdp_version: 2 in the accelerate config (examples/accelerate/fsdp2.yaml)"
+
+
+def _flag(environ, name: str) -> bool:
+    return environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def check_launch(environ=os.environ) -> None:
+    """The refusals of `is_sharded`, read from the environment that `accelerate launch` gives each
+    process (ACCELERATE_USE_DEEPSPEED, ACCELERATE_USE_FSDP and FSDP_VERSION, which accelerate's
+    plugins read too), so they come before an Accelerator is built: building one under a
+    DeepSpeed config without deepspeed installed, or under FSDP1, fails inside accelerate."""
+    if _flag(environ, "ACCELERATE_USE_DEEPSPEED"):
+        raise ShardingError(NO_DEEPSPEED)
+    if _flag(environ, "ACCELERATE_USE_FSDP") and environ.get("FSDP_VERSION", "1").strip() != "2":
+        raise ShardingError(NO_FSDP1)
+
+
 def is_sharded(accelerator) -> bool:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ShardingError("DeepSpeed is not supported: its engine owns the backward pass and the optimizer step, "
-                            "which ddrl's algorithms run themselves. Shard with FSDP2 instead: accelerate launch "
-                            "--config_file examples/accelerate/fsdp2.yaml -m ddrl.cli train ...")
+        raise ShardingError(NO_DEEPSPEED)
     if accelerator.distributed_type == DistributedType.FSDP and not accelerator.is_fsdp2:
-        raise ShardingError("FSDP1 is not supported; set fsdp_version: 2 in the accelerate config "
-                            "(examples/accelerate/fsdp2.yaml)")
+        raise ShardingError(NO_FSDP1)
     return accelerator.distributed_type == DistributedType.FSDP
 
 
