@@ -356,11 +356,58 @@ def test_h_ema_is_flow_grpos_with_its_warmup_and_interval(generator, interval):
         torch.testing.assert_close(ours[str(i)], e, rtol=1e-6, atol=1e-6)
 
 
+def _ref_grpo_ema_placement(grads, ga, interval, lr=0.1):
+    """yifan123/flow_grpo, scripts/train_sd3.py (training loop): for each training minibatch i
+    (its timesteps inside), the optimizer steps when accelerate syncs, every `ga`-th minibatch, and
+    global_step += 1; then, still inside the minibatch loop, ema.step(params, global_step). With
+    `per_step` the EMA follows DiffusionNFT's scripts/train_nft_sd3.py instead: ema.step after each
+    optimizer step only."""
+    def run(per_step):
+        w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        opt = torch.optim.SGD([w], lr=lr)
+        ema = _RefEMA([w.detach()], 0.9, interval)
+        global_step = 0
+        for i, g in enumerate(grads):
+            w.grad = g.clone() if w.grad is None else w.grad + g
+            stepped = (i + 1) % ga == 0
+            if stepped:
+                opt.step()
+                opt.zero_grad()
+                global_step += 1
+            if stepped or not per_step:
+                ema.step([w.detach()], global_step)
+        return ema.ema_parameters[0]
+
+    return run(per_step=False), run(per_step=True)
+
+
+@pytest.mark.parametrize("ga,interval", [(1, 8), (4, 2), (3, 8), (2, 1)])
+def test_h_ema_is_checked_where_each_reference_checks_it(generator, ga, interval):
+    """train.ema_per minibatch is flow_grpo's GRPO placement (after every training minibatch, at
+    the steps taken so far), step is DiffusionNFT's (after every optimizer step)."""
+    from ddrl.run.step import Accumulation, OptimizerStep
+
+    grads = [torch.randn(4, generator=generator, dtype=torch.float64) for _ in range(48)]
+    want = dict(zip(("minibatch", "step"), _ref_grpo_ema_placement(grads, ga, interval)))
+    for per in ("minibatch", "step"):
+        w = torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))
+        step = OptimizerStep([w], torch.optim.SGD([w], lr=0.1), lr=0.1, max_grad_norm=float("inf"),
+                             named=lambda: {"w": w.detach()}, ema_decay=0.9, ema_interval=interval, ema_per=per)
+        acc = Accumulation(step, ga, after_minibatch=step.after_minibatch)
+        for i, g in enumerate(grads):
+            w.grad = g.clone() if w.grad is None else w.grad + g  # the gradient a backward pass would add
+            acc.end_minibatch(i)
+        # float64; the two update forms (d e + (1-d) p against e + (1-d)(p - e)) round differently
+        torch.testing.assert_close(step.ema["w"], want[per], rtol=1e-12, atol=1e-12)
+    if ga > 1 and interval > 1:  # the placements really differ here
+        assert not torch.allclose(want["minibatch"], want["step"])
+
+
 def test_h_the_sd35_presets_keep_the_references_ema():
     """flow_grpo config/grpo.py: train.ema = True with EMAModuleWrapper(decay=0.9,
     update_step_interval=8); DiffusionNFT: decay 0.9, update_step_interval=1."""
     for name in ("sd35-geneval-flow-grpo", "sd35-pickscore-flow-grpo"):
         t = preset_config(name).train
-        assert (t.ema_decay, t.ema_update_interval) == (0.9, 8)
+        assert (t.ema_decay, t.ema_update_interval, t.ema_per) == (0.9, 8, "minibatch")
     t = preset_config("sd35-geneval-nft").train
-    assert (t.ema_decay, t.ema_update_interval) == (0.9, 1)
+    assert (t.ema_decay, t.ema_update_interval, t.ema_per) == (0.9, 1, "step")

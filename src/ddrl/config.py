@@ -22,6 +22,7 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 KLForm = Literal["code", "paper"]
 NonFinite = Literal["stop", "skip"]
 OptimizerKind = Literal["adamw", "adamw8bit", "adafactor"]
+EmaPer = Literal["step", "minibatch"]
 
 # keys renamed since earlier releases: old name -> new name (config files and --resume keep working).
 # The algorithms' options moved from prefixed train.* keys into each algorithm's own section.
@@ -146,6 +147,10 @@ class TrainConfig:
     the exported LoRA; the decay at update s is min((1 + s) / (10 + s), ema_decay); 0 disables it"""
     ema_update_interval: int = 1
     """optimizer steps between EMA updates (flow_grpo: 8, DiffusionNFT: 1)"""
+    ema_per: EmaPer = "step"
+    """when the EMA is checked: step (after each optimizer step, DiffusionNFT) or minibatch (after each
+    training minibatch with the steps taken so far, flow_grpo's GRPO script: under gradient
+    accumulation a step count that passes the interval test updates once per minibatch of its window)"""
     nonfinite: NonFinite = "stop"
     """a non-finite loss, gradient norm, weight or decoded image: stop (an error names it; the last
     checkpoint is kept), or skip the optimizer steps whose gradient is non-finite (counted in

@@ -89,7 +89,8 @@ _SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_st
          "train.algorithm": "flow-grpo", "train.advantages": "group", "train.global_std": True,
          "train.batch_size": 9, "train.gradient_accumulation_steps": 8, "train.learning_rate": 3e-4,
          "train.clip_range": 1e-4, "train.timestep_fraction": 0.99, "train.kl_form": "code",
-         "train.ema_decay": 0.9, "train.ema_update_interval": 8, "model.lora_rank": 32,
+         "train.ema_decay": 0.9, "train.ema_update_interval": 8, "train.ema_per": "minibatch",
+         "model.lora_rank": 32,
          "model.lora_alpha": 64.0, "run.mixed_precision": "fp16", "run.epochs": 1000,
          "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}
 
@@ -190,6 +191,7 @@ PRESETS: dict[str, Preset] = {
         _SD35 | {"train.algorithm": "nft", "sample.sampler": "flow-dpm2", "sample.guidance_scale": 1.0,
                  "train.gradient_accumulation_steps": 16, "train.kl_coef": 1e-4, "nft.beta": 1.0,
                  "nft.loss": "x0-adaptive", "nft.old_decay": "ramp", "train.ema_update_interval": 1,
+                 "train.ema_per": "step",
                  "reward.name": "remote:http://127.0.0.1:18085"}),
     "sd15-compressibility": Preset(
         "the DDPO paper's JPEG compressibility run on Stable Diffusion 1.4 (GPU; untested here)",

@@ -91,10 +91,12 @@ class Context:
     process_index: int = 0
     is_main: bool = True
     any_process: Callable[[bool], bool] = bool  # whether a flag is true on any process; every process must call it
+    after_minibatch: Callable[[], None] = lambda: None  # the end of a training minibatch (train.ema_per minibatch)
 
     def accumulation(self, stats: dict[str, list[float]]) -> Accumulation:
         """The run's accumulate-and-step helper over `train.gradient_accumulation_steps`."""
-        return Accumulation(self.optimizer_step, self.cfg.train.gradient_accumulation_steps, stats)
+        return Accumulation(self.optimizer_step, self.cfg.train.gradient_accumulation_steps, stats,
+                            after_minibatch=self.after_minibatch)
 
 
 class Algorithm:

@@ -94,7 +94,7 @@ class ImageRun:
             skip_nonfinite=t.nonfinite == "skip",
             on_nonfinite=lambda norm: self.nonfinite(f"gradient norm ({norm})", skippable=True),
             average=None if self.sharded else lambda ps: average_gradients(ps, acc),
-            named=self.trainable_state, ema_decay=t.ema_decay, ema_interval=t.ema_update_interval)
+            named=self.trainable_state, ema_decay=t.ema_decay, ema_interval=t.ema_update_interval, ema_per=t.ema_per)
         self.epoch = 0
         self.collector = Collector(cfg, self.policy, self.sampler, self.cond_table, self.uncond, self.reward, acc,
                                    plan=self.plan, prompts_of=self.prompts_of, train_prompts=self.train_prompts,
@@ -109,7 +109,8 @@ class ImageRun:
             optimizer_steps=lambda: self.step.steps, generator=self.generator, gather=self.gather,
             trainable_state=self.trainable_state, swapped=self.swapped, collect=self.collector,
             reward=self.reward, plan=self.plan, prompts_of=self.prompts_of, num_processes=acc.num_processes,
-            process_index=acc.process_index, is_main=self.is_main, any_process=self.session.any_process))
+            process_index=acc.process_index, is_main=self.is_main, any_process=self.session.any_process,
+            after_minibatch=lambda: self.step.after_minibatch()))
 
     # ------------------------------------------------------------------ setup
     def make_sampler(self, num_steps: int):

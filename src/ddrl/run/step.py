@@ -29,14 +29,17 @@ class OptimizerStep:
                  on_nonfinite: Callable[[float], Exception] | None = None,
                  average: Callable[[list[torch.nn.Parameter]], None] | None = None,
                  named: Callable[[], dict[str, Tensor]] | None = None, ema_decay: float = 0.0,
-                 ema_interval: int = 1):
+                 ema_interval: int = 1, ema_per: str = "step"):
         """`average(params)` averages gradients across processes (None: one process, or FSDP, which
         averages in backward); `on_nonfinite(norm)` is the error raised for a non-finite norm
-        unless `skip_nonfinite`; `named()` gives the live weights the EMA follows."""
+        unless `skip_nonfinite`; `named()` gives the live weights the EMA follows. `ema_per` "step"
+        checks the EMA after each optimizer step (DiffusionNFT); "minibatch" after each training
+        minibatch (`after_minibatch`) with the steps taken so far, as flow_grpo's GRPO script, so
+        under gradient accumulation one step count is checked once per minibatch of its window."""
         self.params, self.optimizer, self.lr = params, optimizer, lr
         self.max_grad_norm, self.warmup_steps = max_grad_norm, warmup_steps
         self.skip_nonfinite, self.on_nonfinite, self.average = skip_nonfinite, on_nonfinite, average
-        self.named, self.ema_decay, self.ema_interval = named, ema_decay, ema_interval
+        self.named, self.ema_decay, self.ema_interval, self.ema_per = named, ema_decay, ema_interval, ema_per
         self.ema = {k: v.clone() for k, v in named().items()} if ema_decay > 0 and named is not None else None
         self.steps = 0  # optimizer steps taken in the run (checkpointed)
         self.skipped = 0  # steps skipped since the counter was last reset
@@ -58,17 +61,23 @@ class OptimizerStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.steps += 1
-        if self.ema is not None:
+        if self.ema is not None and self.ema_per == "step":
             ema_step_(self.ema, self.named(), self.steps, self.ema_decay, self.ema_interval)
         return float(norm)
+
+    def after_minibatch(self) -> None:
+        """The end of a training minibatch (after its optimizer step, if it took one)."""
+        if self.ema is not None and self.ema_per == "minibatch":
+            ema_step_(self.ema, self.named(), self.steps, self.ema_decay, self.ema_interval)
 
 
 class Accumulation:
     """Backward passes scaled for gradient accumulation, and the optimizer step every `every`
     minibatches (see the module docstring)."""
 
-    def __init__(self, step: Callable[[], float], every: int, stats: dict[str, list[float]] | None = None):
-        self.step, self.every = step, every
+    def __init__(self, step: Callable[[], float], every: int, stats: dict[str, list[float]] | None = None,
+                 after_minibatch: Callable[[], None] = lambda: None):
+        self.step, self.every, self.after_minibatch = step, every, after_minibatch
         self.stats = stats if stats is not None else defaultdict(list)
 
     def backward(self, loss: Tensor, count: int = 1) -> None:
@@ -80,3 +89,4 @@ class Accumulation:
         """After minibatch `index` (from 0 in the epoch): step when a window is complete."""
         if (index + 1) % self.every == 0:
             self.stats["train/grad_norm"].append(self.step())
+        self.after_minibatch()
