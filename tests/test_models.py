@@ -126,3 +126,37 @@ def test_eta_is_refused_for_velocity_models(tiny_sd3_folder):
     policy = load_policy(str(tiny_sd3_folder))
     with pytest.raises(ValueError, match="eta"):
         generate(policy, ["a circle"], [0], num_steps=2, eta=0.5, progress=False)
+
+
+def test_sd3_samples_at_model_resolution_and_encodes_max_sequence_length_tokens(tiny_sd3_folder, tiny_sd_folder, tmp_path):
+    """flow_grpo and DiffusionNFT train SD3.5 at 512 px with 128 T5 tokens, below the model's own
+    1024 px (its transformer's sample_size) and 256 tokens: model.resolution and
+    model.max_sequence_length set them; the sd35 presets use the references' values."""
+    from ddrl.images.loop import ImageRun
+    from ddrl.models.policy import ModelError
+    from ddrl.presets import preset_config
+
+    from test_train import tiny_config
+
+    default = load_policy(str(tiny_sd3_folder))
+    unit = default.pipe.vae_scale_factor * default.denoiser.config.patch_size
+    side = default.latent_shape[-1] * default.pipe.vae_scale_factor
+    policy = load_policy(str(tiny_sd3_folder), resolution=side + unit, max_sequence_length=12)
+    assert policy.latent_shape[-1] == (side + unit) // policy.pipe.vae_scale_factor and policy.max_sequence_length == 12
+    cond = policy.encode(["a red circle"])
+    clip = policy.pipe.tokenizer.model_max_length  # CLIP's tokens and T5's, joined along the sequence
+    assert cond.embeds.shape[1] == clip + 12 and default.encode(["a red circle"]).embeds.shape[1] == clip + 256
+    cfg = tiny_config(tiny_sd3_folder, **{"model.resolution": side + unit, "sample.sampler": "flow-sde",
+                                          "train.algorithm": "flow-grpo", "sample.images_per_prompt": 2,
+                                          "train.advantages": "group"})
+    run = ImageRun(cfg, tmp_path / "run")
+    assert run.policy.latent_shape == policy.latent_shape
+    images = run.policy.decode(torch.zeros(1, *policy.latent_shape))
+    assert images.shape[-1] == side + unit
+    with pytest.raises(ModelError, match=rf"model.resolution {side + 1} must be a multiple of {unit}"):
+        load_policy(str(tiny_sd3_folder), resolution=side + 1)
+    with pytest.raises(ModelError, match="model.resolution and model.max_sequence_length apply to SD3 and FLUX"):
+        load_policy(str(tiny_sd_folder), resolution=64)
+    for name in ("sd35-geneval-flow-grpo", "sd35-pickscore-flow-grpo", "sd35-geneval-nft"):
+        m = preset_config(name).model
+        assert (m.resolution, m.max_sequence_length) == (512, 128)

@@ -212,8 +212,12 @@ def _print_sizes(cfg, name: str, run_dir: Path) -> None:
 
     procs = int(_os.environ.get("WORLD_SIZE", "1"))
     t = cfg.train
-    print(f"ddrl train {name}: {t.algorithm} on {cfg.model.name} ({'LoRA r=' + str(cfg.model.lora_rank) if cfg.model.lora else 'full fine-tuning'}, "
+    m = cfg.model
+    size = f"{m.resolution} px" if m.resolution else "the model's default size"
+    tokens = f", {m.max_sequence_length} T5 tokens" if m.max_sequence_length else ""
+    print(f"ddrl train {name}: {t.algorithm} on {m.name} ({'LoRA r=' + str(m.lora_rank) if m.lora else 'full fine-tuning'}, "
           f"lr {cfg.learning_rate:g}), reward {cfg.reward.name}")
+    print(f"  images: {size}{tokens}")
     print(f"  per epoch: {algorithm_class(t.algorithm).describe(cfg, procs)}; {cfg.run.epochs} epochs")
     print(f"  run folder: {run_dir}")
 

@@ -53,6 +53,12 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """recompute the denoiser's blocks in the backward pass instead of keeping their activations
     (diffusers' enable_gradient_checkpointing): less memory per sample, about a third more compute"""
+    resolution: int = 0
+    """SD3 and FLUX: the image side in pixels (flow_grpo and DiffusionNFT train SD3.5 at 512); 0: the
+    model's default (SD3: its transformer's sample_size, 1024 for SD3.5; FLUX: 1024)"""
+    max_sequence_length: int = 0
+    """SD3 and FLUX: the T5 tokens a prompt is encoded to (flow_grpo and DiffusionNFT: 128); 0: the
+    model's default (SD3: 256, FLUX: 512, or the folder's ddrl.json)"""
 
 
 @dataclass(frozen=True)

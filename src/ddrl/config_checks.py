@@ -15,7 +15,8 @@ from .options import field_docs
 # algorithm's options carry theirs beside each field. A None value of an optional field
 # (train.learning_rate, rwr.percentile) means "the default" and is not checked.
 RANGES = {
-    "model.lora_rank": "[1, inf)", "model.lora_alpha": "(0, inf)",
+    "model.lora_rank": "[1, inf)", "model.lora_alpha": "(0, inf)", "model.resolution": "[0, 16384]",
+    "model.max_sequence_length": "[0, 4096]",
     "sample.num_steps": "[1, inf)", "sample.eta": "[0, 1]", "sample.noise_level": "[0, inf)",
     "sample.noise_window_start": "[0, inf)", "sample.noise_window_size": "[0, inf)",
     "sample.batch_size": "[1, inf)", "sample.num_batches_per_epoch": "[1, inf)",

@@ -83,7 +83,8 @@ _QUICK = _FLOW | {"train.algorithm": "pref-grpo", "sample.num_steps": 6, "model.
 # flow_grpo's EMA (decay 0.9 with warm-up, every 8 optimizer steps) for evaluation and export.
 # GenEval and PickScore rewards need their scorers (GenEval as a reward server). Not run in
 # ddrl's tests.
-_SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "sample.num_steps": 10, "eval.num_steps": 40,
+_SD35 = {"model.name": "stabilityai/stable-diffusion-3.5-medium", "model.resolution": 512,
+         "model.max_sequence_length": 128, "sample.num_steps": 10, "eval.num_steps": 40,
          "sample.guidance_scale": 4.5, "sample.sampler": "flow-sde", "sample.noise_level": 0.7,
          "sample.batch_size": 9, "sample.images_per_prompt": 24, "sample.num_batches_per_epoch": 16,
          "train.algorithm": "flow-grpo", "train.advantages": "group", "train.global_std": True,

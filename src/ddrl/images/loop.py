@@ -71,7 +71,8 @@ class ImageRun:
                                      f"{shown(p)} is not one (use prompts.source shapes:train)") from None
         from ..models.loading import load_policy
 
-        self.policy = load_policy(cfg.model.name, device=acc.device)
+        self.policy = load_policy(cfg.model.name, device=acc.device, resolution=cfg.model.resolution or None,
+                                  max_sequence_length=cfg.model.max_sequence_length or None)
         algorithm, options = algorithm_class(cfg.train.algorithm), options_of(cfg)
         check_model_kind(cfg, self.policy.prediction)
         check_prompts(self.policy, self.train_prompts, f"prompts.source {cfg.prompts.source}")

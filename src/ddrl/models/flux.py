@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from ..sampling import flux_sigmas
-from .policy import Cond, adapters_disabled, decode_latents
+from .policy import Cond, ModelError, adapters_disabled, decode_latents
 
 
 def pack(latents: Tensor) -> Tensor:
@@ -47,6 +47,9 @@ class FluxPolicy:
         cfg = pipe.transformer.config
         channels = cfg.in_channels // 4
         pixels = resolution or pipe.default_sample_size * pipe.vae_scale_factor  # 1024 for FLUX.1
+        if pixels % (pipe.vae_scale_factor * 2):
+            raise ModelError(f"model.resolution {pixels} must be a multiple of {pipe.vae_scale_factor * 2} (the VAE's "
+                             "factor x FLUX's 2x2 latent packing)")
         size = 2 * (pixels // (pipe.vae_scale_factor * 2))  # latent side, even for 2x2 packing
         self.latent_shape = (channels, size, size)
         s = pipe.scheduler.config

@@ -58,6 +58,11 @@ def _read_index(where: str, local: bool) -> dict:
         raise ModelError(f"could not load {where!r}: cannot read {source}: {_one_line(e)}") from e
 
 
+def _is_flow_transformer(name_or_path: str) -> bool:
+    where, local = resolve(name_or_path)
+    return _read_index(where, local).get("_class_name") in ("StableDiffusion3Pipeline", "FluxPipeline")
+
+
 def _check_components(folder: Path, index: dict) -> None:
     """Each component model_index.json lists is present and is the class it names, read from the
     component's config.json before any weight loads (diffusers would fail mid-load, in its words)."""
@@ -101,9 +106,14 @@ def vocabulary_check(vocab: Sequence[str]):
 
 
 def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
-                dtype: torch.dtype = torch.float32, resolution: int | None = None) -> Policy:
-    """Load a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline as a `Policy`. `resolution`
-    (pixels) sets FLUX's image size; a folder's ddrl.json may give it too."""
+                dtype: torch.dtype = torch.float32, resolution: int | None = None,
+                max_sequence_length: int | None = None) -> Policy:
+    """Load a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline as a `Policy`. For SD3 and
+    FLUX, `resolution` (pixels) sets the image size and `max_sequence_length` the T5 tokens; a
+    folder's ddrl.json may give them too. SD 1.x/2.x and SDXL sample at their UNet's size."""
+    if (resolution or max_sequence_length) and not _is_flow_transformer(name_or_path):
+        raise ModelError("model.resolution and model.max_sequence_length apply to SD3 and FLUX; SD 1.x/2.x and "
+                         "SDXL sample at their UNet's size and encode 77 CLIP tokens")
     where, local = resolve(name_or_path)
     index = _read_index(where, local)
     cls = index.get("_class_name")
@@ -144,8 +154,9 @@ def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
     if cls == "FluxPipeline":
         from .flux import FluxPolicy
 
-        return FluxPolicy(pipe, max_sequence_length=meta.get("max_sequence_length", 512),
+        return FluxPolicy(pipe, max_sequence_length=max_sequence_length or meta.get("max_sequence_length", 512),
                           resolution=resolution or meta.get("resolution"), prompt_check=check)
     from .sd3 import SD3Policy
 
-    return SD3Policy(pipe, max_sequence_length=meta.get("max_sequence_length", 256), prompt_check=check)
+    return SD3Policy(pipe, max_sequence_length=max_sequence_length or meta.get("max_sequence_length", 256),
+                     resolution=resolution or meta.get("resolution"), prompt_check=check)

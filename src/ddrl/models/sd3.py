@@ -14,13 +14,13 @@ import torch
 from torch import Tensor
 
 from ..sampling import flow_sigmas
-from .policy import Cond, adapters_disabled, decode_latents
+from .policy import Cond, ModelError, adapters_disabled, decode_latents
 
 
 class SD3Policy:
     prediction = "velocity"
 
-    def __init__(self, pipe, max_sequence_length: int = 256,
+    def __init__(self, pipe, max_sequence_length: int = 256, resolution: int | None = None,
                  prompt_check: Callable[[Sequence[str]], None] | None = None):
         self.pipe = pipe
         self.denoiser = pipe.transformer
@@ -29,7 +29,13 @@ class SD3Policy:
         self.prompt_check = prompt_check
         self.shift = float(pipe.scheduler.config.get("shift", 1.0))
         self.num_train_timesteps = int(pipe.scheduler.config.num_train_timesteps)
-        size = pipe.transformer.config.sample_size
+        size = pipe.transformer.config.sample_size  # latent side: 128 (1024 px) for SD3.5
+        if resolution:
+            unit = pipe.vae_scale_factor * pipe.transformer.config.patch_size
+            if resolution % unit:
+                raise ModelError(f"model.resolution {resolution} must be a multiple of {unit} (the VAE's factor "
+                                 f"{pipe.vae_scale_factor} x the transformer's patch size)")
+            size = resolution // pipe.vae_scale_factor
         self.latent_shape = (pipe.transformer.config.in_channels, size, size)
 
     def sigmas(self, num_steps: int) -> Tensor:
