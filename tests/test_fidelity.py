@@ -241,6 +241,58 @@ def test_e_pref_grpo_divides_win_rates_by_each_groups_own_unbiased_std():
     assert torch.equal(ours[4:8], torch.zeros(4))  # all ties: exactly 0, not NaN
 
 
+def _ref_pref_grpo_weighted(rewards: dict, weights: dict, num_generations, apply_gdpo):
+    """CodeGoat24/Pref-GRPO, fastvideo/rewards/dispatcher.py, compute_weighted_advantages with
+    use_group=True: each reward's group advantages, weighted and summed; apply_gdpo normalises the
+    sum over the (gathered) batch."""
+    advantages = torch.zeros_like(next(iter(rewards.values())))
+    for name in weights:
+        advantages = advantages + weights.get(name, 0.0) * _ref_pref_grpo_advantages(rewards[name], num_generations)
+    if apply_gdpo:
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+    return advantages
+
+
+def _pref_grpo(sampler=None, **options):
+    from ddrl.algorithms.pref_grpo import PrefGRPO, PrefGRPOOptions
+
+    algo = object.__new__(PrefGRPO)
+    algo.options = PrefGRPOOptions(**options)
+    algo.ctx = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(adv_clip_max=5.0)), sampler=sampler)
+    return algo
+
+
+@pytest.mark.parametrize("weight,gdpo", [(0.6, True), (0.6, False), (0.0, True)])
+def test_e_pref_grpo_mixes_rewards_as_its_scripts(generator, weight, gdpo):
+    """The scripts' --reward_spec '{"unifiedreward_think": 0.4, "clip": 0.6}' with --apply_gdpo:
+    pref_grpo.pointwise_weight 0.6 and batch_normalize true (float64 in, so the float32 results
+    agree to rounding)."""
+    groups = torch.arange(16) // 4
+    rates = torch.tensor([1.0, 2 / 3, 1 / 3, 0.0, 0.5, 0.5, 0.5, 0.5, 1 / 3, 1 / 3, 2 / 3, 2 / 3, 0, 1, 1 / 3, 2 / 3])
+    clip = torch.rand(16, generator=generator) * 0.3
+    ours = _pref_grpo(pointwise_weight=weight, batch_normalize=gdpo).mixed_advantages(rates, clip, groups)
+    want = _ref_pref_grpo_weighted({"judge": rates.double(), "clip": clip.double()},
+                                   {"judge": 1 - weight, "clip": weight}, 4, gdpo).clamp(-5, 5)
+    torch.testing.assert_close(ours, want.float(), rtol=1e-6, atol=1e-6)
+
+
+def test_e_pref_grpo_trains_a_random_subset_of_each_samples_steps():
+    """fastvideo/train_flux.py: perms = torch.stack([torch.randperm(T) for _ in range(B)]); each
+    sample trains steps perms[i][:int(T * timestep_fraction)]. The same seed through a sample's
+    generator gives the same steps; `steps first` is Flow-GRPO's first steps."""
+    T, k = 10, 6  # timestep_fraction 0.6 of 10 steps, as the reference's scripts
+    sampler = SimpleNamespace(stochastic=torch.ones(T, dtype=torch.bool))
+    algo = _pref_grpo(sampler)
+    algo.trained = torch.arange(k)
+    for seed in range(50):
+        torch.manual_seed(seed)
+        want = torch.stack([torch.randperm(T) for _ in range(1)])[0][:int(T * 0.6)]
+        assert torch.equal(algo.steps_of(torch.Generator().manual_seed(seed)), want)
+    first = _pref_grpo(sampler, steps="first")
+    first.trained = torch.arange(k)
+    assert torch.equal(first.steps_of(torch.Generator()), torch.arange(k))
+
+
 # ---------------------------------------------------------------- f. DDIM's last step
 
 def _ref_ddim_step(alphas_cumprod, num_train_timesteps, num_inference_steps, timestep, model_output, sample,

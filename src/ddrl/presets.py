@@ -194,6 +194,26 @@ PRESETS: dict[str, Preset] = {
                  "nft.loss": "x0-adaptive", "nft.old_decay": "ramp", "train.ema_update_interval": 1,
                  "train.ema_per": "step",
                  "reward.name": "remote:http://127.0.0.1:18085"}),
+    # CodeGoat24/Pref-GRPO scripts/lora/lora_ur_think_prefgrpo_flux.sh with _common_finetune.sh:
+    # FLUX.1-dev at 720 px, 25 flow steps at noise level (eta) 0.7, groups of 8, a random
+    # 60% of each sample's steps trained, clip 1e-4, advantages clipped at 5, no KL, LoRA r64/a128 at
+    # lr 1e-5, weight decay 1e-4, 4 accumulation steps; the reward mix {"unifiedreward_think": 0.4,
+    # "clip": 0.6} with --apply_gdpo. The judge here is ddrl's vlm-judge (UnifiedReward-Think by name
+    # is not in ddrl yet); the reference's --rationorm and its fixed shift 3 (ddrl keeps FLUX's
+    # scheduler shift) are not reproduced (docs/fidelity.md).
+    "flux-pref-grpo": Preset(
+        "Pref-GRPO's FLUX.1-dev LoRA run: win rates of a VLM judge (0.4) mixed with CLIP score (0.6), "
+        "normalised over the batch (GPU, untested here)",
+        {"model.name": "black-forest-labs/FLUX.1-dev", "model.resolution": 720, "model.lora_rank": 64,
+         "model.lora_alpha": 128.0, "train.algorithm": "pref-grpo", "sample.sampler": "flow-sde",
+         "sample.noise_level": 0.7, "sample.num_steps": 25, "sample.guidance_scale": 1.0,
+         "sample.images_per_prompt": 8, "sample.batch_size": 8, "sample.num_batches_per_epoch": 4,
+         "train.batch_size": 8, "train.gradient_accumulation_steps": 4, "train.advantages": "group",
+         "train.timestep_fraction": 0.6, "train.clip_range": 1e-4, "train.adv_clip_max": 5.0,
+         "train.learning_rate": 1e-5, "train.weight_decay": 1e-4, "train.max_grad_norm": 1.0,
+         "reward.name": "clipscore", "reward.pairwise": "vlm-judge", "pref_grpo.steps": "random",
+         "pref_grpo.pointwise_weight": 0.6, "pref_grpo.batch_normalize": True, "run.mixed_precision": "bf16",
+         "eval.images_per_prompt": 1, "eval.train_images_per_prompt": 1}),
     "sd15-compressibility": Preset(
         "the DDPO paper's JPEG compressibility run on Stable Diffusion 1.4 (GPU; untested here)",
         _SD15 | {"reward.name": "jpeg-compressibility"}),

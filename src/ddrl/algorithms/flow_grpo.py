@@ -52,6 +52,10 @@ class FlowGRPO(RolloutAlgorithm):
     def signal(self, batch: EpochRewards, metrics: dict) -> Tensor:
         return self.advantages(batch, metrics)
 
+    def steps_of(self, g) -> Tensor:
+        """The steps a sample trains (its generator unused: every sample alike)."""
+        return self.trained
+
     def loss(self, log_prob: Tensor, old_log_prob: Tensor, adv: Tensor):
         return ppo_clip_loss(log_prob, old_log_prob, adv, self.ctx.cfg.train.clip_range)
 
@@ -65,8 +69,7 @@ class FlowGRPO(RolloutAlgorithm):
         if self.keeps_sampling_graph(self.ctx.cfg):
             return single_pass_update(self.ctx, ro, adv, self.loss)
         keep = adv != 0 if self.filters(self.ctx.cfg) else None
-        out = rescore_update(self.ctx, ro, adv, epoch, steps_of=lambda g: self.trained, loss=self.loss,
-                             kl=self.kl, keep=keep)
+        out = rescore_update(self.ctx, ro, adv, epoch, steps_of=self.steps_of, loss=self.loss, kl=self.kl, keep=keep)
         if keep is not None:
             out["train/kept_fraction"] = float(keep.float().mean())
         return out

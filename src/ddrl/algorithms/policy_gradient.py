@@ -77,7 +77,7 @@ def single_pass_update(ctx: Context, ro: Rollouts, adv: Tensor, loss: StepLoss) 
     -A grad log p. So backward through the sampling pass instead of running it again."""
     n, T = ro.log_probs.shape
     stats: dict[str, list[float]] = defaultdict(list)
-    acc = Accumulation(ctx.optimizer_step, 1, stats)  # one optimizer step over the whole epoch
+    acc = Accumulation(ctx.optimizer_step, 1, stats, ctx.after_minibatch)  # one optimizer step over the epoch
     start = 0
     for lp in ro.graph_log_probs:  # (b, T) per sampling batch, with graph
         a = adv[start:start + len(lp), None].expand_as(lp)
