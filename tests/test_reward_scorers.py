@@ -268,3 +268,40 @@ def test_the_float_path_gradient_matches_finite_differences(tiny_clip_folder):
         fd = (reward(x + h * v, PROMPTS[:2], [{}, {}]).scores.sum() - reward(x - h * v, PROMPTS[:2], [{}, {}]).scores.sum()) / (2 * h)
     analytic = (x.grad * v).sum()
     assert abs(float(fd - analytic)) < 1e-3 * abs(float(analytic)) + 1e-5, (float(fd), float(analytic))
+
+
+def _ref_alignprop_preprocess(im_pix_un, target_size=224):
+    """mihirp1998/AlignProp, alignprop_trainer.py, aesthetic_loss_fn's loss_fn: (x / 2 + 0.5)
+    clamped, torchvision.transforms.Resize(224) on the float tensor, then Normalize with CLIP's
+    statistics. torchvision resizes a tensor with F.interpolate(mode="bilinear",
+    align_corners=False, antialias=True), the shorter side to 224 and the longer to
+    int(224 * long / short)."""
+    im_pix = ((im_pix_un / 2) + 0.5).clamp(0, 1)
+    h, w = im_pix.shape[-2:]
+    size = (target_size, int(target_size * w / h)) if h <= w else (int(target_size * h / w), target_size)
+    im_pix = torch.nn.functional.interpolate(im_pix, size=size, mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    return (im_pix - mean) / std
+
+
+@pytest.mark.parametrize("side", [512, 256, 224])
+def test_alignprops_bilinear_path_is_its_resize_exactly(side):
+    """resize=bilinear with quantize=false is AlignProp's preprocessing (square images: its
+    Resize(224) keeps no more than the 224 x 224 the CLIP processor's centre crop keeps); the
+    processor's bicubic path differs from it by a few hundredths."""
+    from types import SimpleNamespace
+
+    processor = SimpleNamespace(size={"shortest_edge": 224}, do_center_crop=True,
+                                crop_size={"height": 224, "width": 224},
+                                image_mean=[0.48145466, 0.4578275, 0.40821073],
+                                image_std=[0.26862954, 0.26130258, 0.27577711])
+    g = torch.Generator().manual_seed(side)
+    x = torch.nn.functional.avg_pool2d(torch.rand(2, 3, side + 8, side + 8, generator=g) * 2 - 1, 9, 1)
+    ours = Preprocess(processor, quantize=False, resize="bilinear")(((x / 2) + 0.5).clamp(0, 1))
+    assert torch.equal(ours, _ref_alignprop_preprocess(x))
+    bicubic = Preprocess(processor, quantize=False)(((x / 2) + 0.5).clamp(0, 1))
+    if side != 224:
+        assert float((bicubic - ours).abs().mean()) > 1e-3
+    with pytest.raises(ValueError, match="resize must be one of bicubic, bilinear, got 'nearest'"):
+        Preprocess(processor, resize="nearest")

@@ -271,7 +271,8 @@ PRESETS: dict[str, Preset] = {
     "sd15-alignprop": Preset(
         "AlignProp's aesthetic run on Stable Diffusion 1.5 (LoRA, 128 samples per step on 4 GPUs; GPU, untested here)",
         _SD_BACKPROP | {"model.name": "runwayml/stable-diffusion-v1-5", "train.algorithm": "alignprop",
-                        "reward.name": "aesthetic", "backprop.loss": "abs", "backprop.target": 10.0,
+                        "reward.name": "aesthetic(quantize=false, resize=bilinear)", "backprop.loss": "abs",
+                        "backprop.target": 10.0,
                         "backprop.scale": 0.01, "sample.num_steps": 50, "sample.guidance_scale": 5.0,
                         "sample.batch_size": 8, "sample.num_batches_per_epoch": 4, "train.batch_size": 8,
                         "train.gradient_accumulation_steps": 4, "train.learning_rate": 1e-3,

@@ -75,8 +75,9 @@ class AestheticReward:
 
 
 def aesthetic(model: str = "openai/clip-vit-large-patch14", head: str | None = None, device: str | None = None,
-              batch_size: int = 32, quantize: bool = True) -> AestheticReward:
-    """`head`: a .safetensors/.pth file or `repo_id/filename`; default the MLP TRL hosts."""
-    backbone = ClipBackbone("aesthetic", model, None, device, quantize)
+              batch_size: int = 32, quantize: bool = True, resize: str = "bicubic") -> AestheticReward:
+    """`head`: a .safetensors/.pth file or `repo_id/filename`; default the MLP TRL hosts. `quantize`
+    and `resize`: ddrl.rewards.hf.Preprocess (AlignProp's path: quantize false, resize bilinear)."""
+    backbone = ClipBackbone("aesthetic", model, None, device, quantize, resize)
     mlp = load_head("aesthetic", head, AestheticMLP(backbone.model.config.projection_dim))
     return AestheticReward(backbone, mlp, batch_size)

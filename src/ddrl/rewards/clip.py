@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from .base import RewardError, RewardOutput, in_batches
-from .hf import Preprocess, default_device, load
+from .hf import RESIZES, Preprocess, default_device, load
 
 
 class ClipBackbone:
@@ -25,8 +25,11 @@ class ClipBackbone:
     names where the tokenizer and image processor live when the model repo has none."""
 
     def __init__(self, reward: str, model: str, processor: str | None = None, device: str | None = None,
-                 quantize: bool = True):
+                 quantize: bool = True, resize: str = "bicubic"):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+
+        if resize not in RESIZES:
+            raise RewardError(f"reward {reward!r}: resize must be one of {', '.join(RESIZES)}, got {resize!r}")
 
         self.device = default_device(device)
         self.model = load(reward, f"CLIP model {model!r}", lambda: CLIPModel.from_pretrained(model))
@@ -34,7 +37,7 @@ class ClipBackbone:
         proc = processor or model
         self.tokenizer = load(reward, f"tokenizer {proc!r}", lambda: AutoTokenizer.from_pretrained(proc))
         self.preprocess = Preprocess(load(reward, f"image processor {proc!r}",
-                                          lambda: CLIPImageProcessor.from_pretrained(proc)), quantize)
+                                          lambda: CLIPImageProcessor.from_pretrained(proc)), quantize, resize)
         self.max_length = min(self.tokenizer.model_max_length, self.model.config.text_config.max_position_embeddings)
 
     def image_embeds(self, images: Tensor) -> Tensor:
@@ -74,26 +77,28 @@ class ClipSimilarityReward:
 
 
 def clipscore(model: str = "openai/clip-vit-base-patch32", processor: str | None = None,
-              device: str | None = None, batch_size: int = 32, w: float = 2.5, quantize: bool = True
-              ) -> ClipSimilarityReward:
-    """`quantize`: see ddrl.rewards.hf.Preprocess (false: the float resize of ReFL's and AlignProp's code)."""
-    return ClipSimilarityReward("clipscore", ClipBackbone("clipscore", model, processor, device, quantize),
+              device: str | None = None, batch_size: int = 32, w: float = 2.5, quantize: bool = True,
+              resize: str = "bicubic") -> ClipSimilarityReward:
+    """`quantize`, `resize`: see ddrl.rewards.hf.Preprocess (quantize false: the float resize of
+    ReFL's code; with resize bilinear, AlignProp's)."""
+    return ClipSimilarityReward("clipscore", ClipBackbone("clipscore", model, processor, device, quantize, resize),
                                 scale=w, clamp_at_zero=True, batch_size=batch_size)
 
 
 def pickscore(model: str = "yuvalkirstain/PickScore_v1", processor: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-              device: str | None = None, batch_size: int = 32, quantize: bool = True) -> ClipSimilarityReward:
-    backbone = ClipBackbone("pickscore", model, processor, device, quantize)
+              device: str | None = None, batch_size: int = 32, quantize: bool = True,
+              resize: str = "bicubic") -> ClipSimilarityReward:
+    backbone = ClipBackbone("pickscore", model, processor, device, quantize, resize)
     return ClipSimilarityReward("pickscore", backbone, scale=float(backbone.model.logit_scale.exp()),
                                 clamp_at_zero=False, batch_size=batch_size)
 
 
 def hpsv2(model: str | None = None, processor: str | None = None, device: str | None = None,
-          batch_size: int = 32, quantize: bool = True) -> ClipSimilarityReward:
+          batch_size: int = 32, quantize: bool = True, resize: str = "bicubic") -> ClipSimilarityReward:
     """`model`: the folder `ddrl convert-open-clip` writes from HPS's open_clip checkpoint (with
     the CLIP-H tokenizer and processor copied in; else name them with `processor`)."""
     if model is None:
         raise RewardError("reward 'hpsv2' needs model=PATH: a transformers CLIP folder holding the HPS v2/v2.1 "
                           "weights; make one with `ddrl convert-open-clip HPS_v2.1_compressed.pt --out DIR`")
-    return ClipSimilarityReward("hpsv2", ClipBackbone("hpsv2", model, processor, device, quantize),
+    return ClipSimilarityReward("hpsv2", ClipBackbone("hpsv2", model, processor, device, quantize, resize),
                                 scale=1.0, clamp_at_zero=False, batch_size=batch_size)
