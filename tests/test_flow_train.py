@@ -89,6 +89,33 @@ def test_nft_trains_from_ode_rollouts_and_moves_the_old_policy_by_its_ema(tiny_s
         torch.testing.assert_close(tr.algorithm.old[k], d * old0[k] + (1 - d) * v)
 
 
+@pytest.mark.parametrize("integer", [True, False])
+def test_nft_rollouts_feed_the_references_integer_timesteps(tiny_sd3_folder, tmp_path, integer):
+    """DiffusionNFT's sampler gives the SD3 transformer long(1000 sigma); its training step feeds
+    the stored float timesteps. `nft.integer_timesteps false` feeds 1000 sigma in both."""
+    cfg = flow_config(tiny_sd3_folder, **{"train.algorithm": "nft", "sample.sampler": "flow-dpm2",
+                                          "sample.guidance_scale": 1.0, "nft.integer_timesteps": integer,
+                                          "sample.num_steps": 7})  # sigmas k/7: 1000 sigma is not whole
+    tr = ImageRun(cfg, tmp_path)
+    seen, denoiser = [], tr.policy.denoiser
+    real = denoiser.forward
+
+    def recording(*args, timestep=None, **kwargs):
+        seen.append(timestep.detach().float().clone())
+        return real(*args, timestep=timestep, **kwargs)
+
+    denoiser.forward = recording
+    tr.run_epoch(0)
+    rollout_calls = cfg.sample.num_batches_per_epoch * cfg.sample.num_steps
+    rolled, trained = torch.cat(seen[:rollout_calls]), torch.cat(seen[rollout_calls:])
+    sigmas = tr.sampler.sigmas[:-1]
+    # the reference's torch.full([B], sigma * 1000, dtype=torch.long), sigma a float32 element of
+    # scheduler.sigmas.float(): the product rounds in float32 (0.667 x 1000 is 667.0) before truncation
+    want = torch.stack([torch.full([1], s * 1000, dtype=torch.long)[0] for s in sigmas.float()]).float()
+    assert set(rolled.tolist()) == set((want if integer else sigmas * 1000).tolist())
+    assert not torch.equal(trained, trained.round())  # training: the unrounded levels
+
+
 def test_nft_trains_on_the_rollout_noise_levels_whatever_the_noise_window():
     """A noise window picks the stochastic steps of a GRPO sampler; NFT noises its samples afresh
     at timestep_fraction of all the rollout's levels."""

@@ -199,6 +199,8 @@ class RolloutAlgorithm(Algorithm):
     def observe(self, images: Tensor, prompts: list[str], global_idx: Tensor) -> None:
         """Each sampling batch's decoded images, for algorithms that judge them themselves."""
 
+    rollout_time = None  # t -> the time the network sees in rollouts (None: the sampler's own)
+
     def signal(self, batch: EpochRewards, metrics: dict[str, float]) -> Tensor:
         raise NotImplementedError
 
@@ -208,7 +210,8 @@ class RolloutAlgorithm(Algorithm):
     def train_epoch(self, epoch: int) -> dict[str, float]:
         t0 = time.perf_counter()
         got = self.ctx.collect(epoch, sampling_weights=self.sampling_weights,
-                               with_graph=self.keeps_sampling_graph(self.ctx.cfg), observe=self.observe)
+                               with_graph=self.keeps_sampling_graph(self.ctx.cfg), observe=self.observe,
+                               model_time=self.rollout_time)
         t1 = time.perf_counter()
         ro, metrics = got.rollouts, got.metrics
         per_sample = self.signal(got.rewards, metrics)[ro.global_idx]  # this process's samples

@@ -40,6 +40,17 @@ class NFTOptions:
     old_decay: Literal["none", "ramp", "delayed"] = option(
         "ramp", None, "decay d of the old (sampling) policy's EMA after each epoch, by optimizer steps s: none "
         "(old = current), ramp (min(0.001 s, 0.5)) or delayed (0 for 75 steps, then min(0.0075 (s - 75), 0.999))")
+    integer_timesteps: bool = option(
+        True, None, "rollouts feed the network the timestep floor(1000 sigma), as the reference's sampler does "
+        "(a long tensor); training always feeds 1000 sigma unrounded, as the reference's training step")
+
+
+def integer_time(t: Tensor, num_train_timesteps: int) -> Tensor:
+    """DiffusionNFT flow_grpo/diffusers_patch/pipeline_with_logprob.py (v_pred_fn): the SD3
+    transformer gets torch.full([B], sigma * 1000, dtype=torch.long), the timestep truncated to
+    an integer; as a flow time, floor(N sigma) / N (float64, so the policy's N t is the integer
+    once cast to the transformer's float32)."""
+    return torch.floor(t.float() * num_train_timesteps).double() / num_train_timesteps
 
 
 def old_policy_decay(kind: str, step: int) -> float:
@@ -75,6 +86,11 @@ class NFT(RolloutAlgorithm):
 
     def sampling_weights(self):
         return self.ctx.swapped(self.old)
+
+    def rollout_time(self, t: Tensor) -> Tensor:
+        if not self.options.integer_timesteps:
+            return t
+        return integer_time(t, self.ctx.policy.num_train_timesteps)
 
     def signal(self, batch: EpochRewards, metrics: dict) -> Tensor:
         return self.advantages(batch, metrics)

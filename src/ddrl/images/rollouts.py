@@ -33,16 +33,18 @@ class Collector:
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
-    def __call__(self, epoch: int, *, sampling_weights=None, with_graph: bool = False, observe=None) -> Collected:
+    def __call__(self, epoch: int, *, sampling_weights=None, with_graph: bool = False, observe=None,
+                 model_time=None) -> Collected:
         """The epoch's rollouts on this process, every process's rewards and the reward metrics.
         `sampling_weights()` is a context of the weights to sample with; with `with_graph` the
-        log-probs keep their graph; `observe(images, prompts, global_idx)` sees each batch. A
+        log-probs keep their graph; `observe(images, prompts, global_idx)` sees each batch;
+        `model_time(t)` is the time the network is fed instead of the sampler's t. A
         batch with non-finite images or log-probs stops the run on every process."""
         cfg = self.cfg
         t0 = time.perf_counter()
         with tqdm(total=cfg.sample.num_batches_per_epoch * cfg.sample.num_steps, unit="step", leave=False,
                   desc=f"epoch {epoch + 1}/{cfg.run.epochs} sampling", disable=not self.accelerator.is_main_process) as bar:
-            ro, futures, bad = self._sample(epoch, bar, sampling_weights, with_graph, observe)
+            ro, futures, bad = self._sample(epoch, bar, sampling_weights, with_graph, observe, model_time)
         if self.any_process(bad > 0):
             where = f"in sampling batch {bad}" if bad else "on another process"
             raise self.on_nonfinite(f"decoded images or log-probs {where}")
@@ -58,7 +60,7 @@ class Collector:
         ro.latents = ro.latents.to(self.accelerator.device)
         return Collected(ro, batch, metrics | {"perf/sample_s": t1 - t0, "perf/reward_s": t2 - t1})
 
-    def _sample(self, epoch: int, bar, sampling_weights, with_graph: bool, observe
+    def _sample(self, epoch: int, bar, sampling_weights, with_graph: bool, observe, model_time
                 ) -> tuple[Rollouts | None, list[Future], int]:
         """(rollouts, reward futures, 0), or (None, futures, the 1-based batch that went non-finite)."""
         cfg, policy = self.cfg, self.policy
@@ -76,7 +78,8 @@ class Collector:
             x_T = noise().to(self.accelerator.device)
             weights = sampling_weights() if sampling_weights is not None else contextlib.nullcontext()
             with torch.set_grad_enabled(with_graph), self.accelerator.autocast(), weights:
-                traj = rollout(lambda x, t: guided_prediction(policy, x, t, cond, uncond, cfg.sample.guidance_scale),
+                fed = model_time or (lambda t: t)
+                traj = rollout(lambda x, t: guided_prediction(policy, x, fed(t), cond, uncond, cfg.sample.guidance_scale),
                                x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
             with torch.no_grad():
                 images = policy.decode(traj.final).cpu()
