@@ -2,7 +2,7 @@
 the exit status, whether the error is one line naming the problem, how long until it came, and
 whether anything was left behind. Writes benchmarks/results/bad_inputs.md.
 
-    python benchmarks/bad_inputs.py            # about 6 minutes on 2 cores
+    python benchmarks/bad_inputs.py            # about 10 minutes on 2 cores
 
 Every case runs the real command line in its own process on the built-in shapes-sd model; the
 resume cases share one short run made first.
@@ -31,11 +31,82 @@ TINY = ["--sample.num-steps", "2", "--sample.batch-size", "4", "--sample.num-bat
         "--eval.images-per-prompt", "1", "--eval.train-images-per-prompt", "0", "--eval.grid-every", "0"]
 
 
-def ddrl(*argv: str, cwd: Path, timeout: float = 600) -> tuple[int, str, float]:
+def ddrl(*argv: str, cwd: Path, timeout: float = 600, env: dict | None = None) -> tuple[int, str, float]:
+    """`ddrl ARGV`, or with ARGV ("python", CODE) the Python API in a fresh interpreter."""
+    import os
+
     t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "ddrl.cli", *argv], capture_output=True, text=True, timeout=timeout,
-                         cwd=cwd)
+    command = [sys.executable, "-c", argv[1]] if argv[0] == "python" else [sys.executable, "-m", "ddrl.cli", *argv]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                         env=os.environ | (env or {}))
     return out.returncode, out.stderr.strip(), time.perf_counter() - t0
+
+
+def newer_cases(w: Path) -> list[tuple[str, str, list[str], str, dict]]:
+    """The newer surfaces: (class, what, argv, expected outcome, environment)."""
+    from PIL import Image
+
+    Image.fromarray(np.full((48, 48), 30000, np.uint16)).save(w / "wide16.png")
+    Image.fromarray(np.full((48, 48), 0.5, np.float32)).save(w / "float.tif")
+    Image.new("RGB", (48, 48), (0, 200, 0)).save(w / "g.png")
+    pairs = {"pairs_16bit.jsonl": [{"prompt": "a red circle", "chosen": "wide16.png", "rejected": "b.png"}],
+             "pairs_float.jsonl": [{"prompt": "a red circle", "chosen": "float.tif", "rejected": "b.png"}],
+             "pairs_same_file.jsonl": [{"prompt": "a red circle", "chosen": "r.png", "rejected": "r.png"}],
+             "pairs_same_pixels.jsonl": [{"prompt": "a red circle", "chosen": "r.png", "rejected": "r2.png"}],
+             "pairs_dog.jsonl": [{"prompt": "a purple dog", "chosen": "r.png", "rejected": "b.png"}],
+             "pairs_long.jsonl": [{"prompt": "a red circle and " * 12, "chosen": "r.png", "rejected": "b.png"}]}
+    for name, lines in pairs.items():
+        (w / name).write_text("".join(json.dumps(row) + "\n" for row in lines * 4))
+    model = w / "wrong_model"
+    shutil.copytree(ROOT / "src" / "ddrl" / "assets" / "shapes-sd", model)
+    unet = json.loads((model / "unet" / "config.json").read_text())
+    (model / "unet" / "config.json").write_text(json.dumps(unet | {"_class_name": "SD3Transformer2DModel"}))
+    dpo = ["train", "shapes-dpo", "--data.cache-dir", str(w / "cache"), "--run.output-dir", str(w / "never")]
+    cfg = ["train", "shapes-alignment", *TINY, "--run.output-dir", str(w / "never")]
+    api = "import ddrl; "
+    no_wandb = {"WANDB_API_KEY": "", "WANDB_MODE": "online", "HOME": str(w), "NETRC": str(w / "no_netrc")}
+    out = [("images", "DPO pairs with a 16-bit PNG", [*dpo, "--data.pairs", str(w / "pairs_16bit.jsonl")], "error", {}),
+           ("images", "DPO pairs with a float TIFF", [*dpo, "--data.pairs", str(w / "pairs_float.jsonl")], "error", {}),
+           ("images", "reward-train pairs with a 16-bit PNG", ["reward-train", str(w / "pairs_16bit.jsonl"), "--out",
+                                                               str(w / "m6")], "error", {}),
+           ("captions", "a DPO caption outside the vocabulary", [*dpo, "--data.pairs", str(w / "pairs_dog.jsonl")],
+            "error", {}),
+           ("captions", "a 49-token DPO caption", [*dpo, "--data.pairs", str(w / "pairs_long.jsonl")], "error", {}),
+           ("degenerate data", "DPO pairs of one file", [*dpo, "--data.pairs", str(w / "pairs_same_file.jsonl")],
+            "error", {}),
+           ("degenerate data", "DPO pairs of identical pixels", [*dpo, "--data.pairs",
+                                                                 str(w / "pairs_same_pixels.jsonl")], "error", {}),
+           ("degenerate data", "reward-pairs --images-per-prompt 1", ["reward-pairs", "--out", str(w / "p1"),
+                                                                      "--images-per-prompt", "1"], "error", {}),
+           ("degenerate data", "DPO cache folder is a file", [*dpo, "--data.pairs", str(w / "pairs_dog.jsonl"),
+                                                              "--data.cache-dir", str(w / "a_file")], "error", {}),
+           ("api", "ddrl.train(config=5)", ["python", api + "ddrl.train(5)"], "error", {}),
+           ("api", "ddrl.train(reward=5)", ["python", api + "ddrl.train('shapes-quick', reward=5)"], "error", {}),
+           ("api", "ddrl.train(resume='yes')", ["python", api + "ddrl.train('shapes-quick', resume='yes')"], "error", {}),
+           ("api", "ddrl.load_config with batch 5", ["python", api + "ddrl.load_config('shapes-quick', "
+                                                     "{'train.batch_size': 5})"], "error", {}),
+           ("api", "a reward returning None", ["python", api + "ddrl.train('shapes-quick', reward=lambda i, p, m: None, "
+                                               f"run_dir={str(w / 'api_none')!r}, run__epochs=1)"], "error", {}),
+           ("api", "a differentiable reward without gradients", [
+               "python", api + "import torch; ddrl.register_reward('numpy', lambda i, p, m: torch.from_numpy("
+               "i.detach().numpy().mean(axis=(1, 2, 3))), differentiable=True); ddrl.train('shapes-draft', "
+               f"reward='numpy', run_dir={str(w / 'api_grad')!r}, run__epochs=1, sample__num_steps=2)"], "error", {}),
+           ("trackers", "wandb without credentials", [*cfg, "--run.report-to", "wandb"], "error", no_wandb),
+           ("trackers", "MLflow server unreachable", [*cfg, "--run.report-to", "mlflow"], "error",
+            {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}),
+           ("trackers", "--run.report-to none,wandb", [*cfg, "--run.report-to", "none,wandb"], "error", {}),
+           ("launch", "accelerate's DeepSpeed environment", cfg, "error", {"ACCELERATE_USE_DEEPSPEED": "true"}),
+           ("launch", "accelerate's FSDP1 environment", cfg, "error", {"ACCELERATE_USE_FSDP": "true",
+                                                                      "FSDP_VERSION": "1"}),
+           ("models", "a folder whose unet is another model", [*cfg, "--model.name", str(model)], "error", {}),
+           ("models", "model.resolution on SD 1.x", [*cfg, "--model.resolution", "512"], "error", {}),
+           ("algorithms", "AlignProp truncation never drawable", [
+               *cfg, "--train.algorithm", "alignprop", "--sample.sampler", "ddim", "--reward.name", "aesthetic",
+               "--backprop.truncation-mean-steps", "1.5", "--backprop.truncation-std", "0"], "error", {}),
+           ("optimizer", "8-bit AdamW, two checkpoints (control)", [
+               "train", "shapes-alignment", *TINY, "--run.epochs", "2", "--train.optimizer", "adamw8bit",
+               "--reward.name", "jpeg-compressibility", "--run.output-dir", str(w / "adamw8bit")], "ok", {})]
+    return out
 
 
 def cases(w: Path) -> list[tuple[str, str, list[str], str]]:
@@ -207,16 +278,20 @@ def main() -> None:
                    ("address not on this machine", ["--host", "192.0.2.77"]), ("port 70000", ["--port", "70000"])]
         all_cases = cases(w) + [("network", what, ["reward-server", "--reward", "jpeg-compressibility", *a], "error")
                                 for what, a in network]
-        for i, (kind, what, argv, expect) in enumerate(all_cases):
+        all_cases = [(*c, {}) for c in all_cases] + newer_cases(w)
+        for i, (kind, what, argv, expect, env) in enumerate(all_cases):
             resume = argv[0] == "resume"
             if resume:
                 folder = damaged_copy(run, argv[2], w / f"resume{i}") if argv[2] else shutil.copytree(run, w / f"r{i}")
                 argv = ["train", "--resume", str(folder), *argv[3:]]
             before = set(w.rglob("*"))
-            rc, err, s = ddrl(*argv, cwd=w)
-            left = [] if resume else sorted(set(w.rglob("*")) - before)
+            rc, err, s = ddrl(*argv, cwd=w, env=env)
+            left = [] if resume or expect == "ok" else sorted(set(w.rglob("*")) - before)
             last = err.splitlines()[-1] if err else ""
-            one_line = rc != 0 and "Traceback" not in err and last.startswith("ddrl ")
+            if argv[0] == "python":  # the API raises: its last line names a ddrl error type, not a TypeError
+                one_line = rc != 0 and last.startswith(("ddrl.", "ValueError: ")) and "Error: " in last
+            else:
+                one_line = rc != 0 and "Traceback" not in err and last.startswith("ddrl ")
             good = (one_line and not left) if expect == "error" else rc == 0
             rows.append((kind, what, rc, f"{s:.1f}", "yes" if good else "NO", last[:150].replace("|", "/")))
             print(rows[-1], flush=True)

@@ -275,6 +275,9 @@ class ImageRun:
         self.session.start(self.epoch, resume)
         try:
             return self._run()
+        except BaseException:
+            self.session.abandon(self.run_dir / "checkpoints")
+            raise
         finally:
             self.session.close()
             self.collector.close()

@@ -44,6 +44,7 @@ class Session:
         self.is_main = accelerator.is_main_process
         self.log_: MetricsLog | None = None
         self.stopped = False  # Ctrl-C asked for a stop (on some process, once agreed)
+        self.created = False  # this session made the run folder (a fresh run in a new folder)
 
     # ------------------------------------------------------------------ processes and randomness
     def any_process(self, flag: bool) -> bool:
@@ -59,6 +60,7 @@ class Session:
         """Write config.yaml (main process) and open the metrics log from `start_epoch`."""
         if self.is_main:
             fresh = not self.run_dir.exists()
+            self.created = fresh and not resume
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / NAME, self.config_text)
             try:
@@ -86,6 +88,15 @@ class Session:
         if self.log_ is not None:
             self.log_.close()
             self.log_ = None
+
+    def abandon(self, ckpt_dir: Path) -> None:
+        """After an error: a run this session created that never wrote a checkpoint leaves no
+        folder behind (there is nothing to resume), so the same command can start it again."""
+        from .checkpoint import list_checkpoints
+
+        if self.is_main and self.created and not list_checkpoints(ckpt_dir):
+            self.close()
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     # ------------------------------------------------------------------ stopping and saving
     def end_of_epoch(self, epochs_done: int) -> bool:
