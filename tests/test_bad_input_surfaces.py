@@ -107,3 +107,16 @@ def test_a_model_folder_holding_the_wrong_model_is_named_before_weights_load(tin
     shutil.rmtree(folder / "vae")
     with pytest.raises(ModelError, match=r"model_index.json lists vae \(AutoencoderKL\) but there is no folder vae/"):
         load_policy(str(folder))
+
+
+def test_bitsandbytes_kernel_notice_does_not_reach_stderr():
+    """bitsandbytes' CPU backend logs 'Failed to load CPU gemm_4bit_forward ...' at import on CPUs
+    with AVX512-BF16 (not every machine has one): after `import ddrl` a warning through that
+    logger prints nothing, so a run's first stderr line is ddrl's own."""
+    import subprocess
+    import sys
+
+    code = ("import ddrl, logging; logging.getLogger('bitsandbytes.backends.cpu.ops').warning("
+            "'Failed to load CPU gemm_4bit_forward from kernels-community'); print('done')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "done" and "gemm_4bit" not in out.stderr

@@ -340,9 +340,7 @@ def quiet_libraries() -> None:
     """Keep the terminal for ddrl's own progress: no per-component loading bars or notices."""
     import logging
 
-    # peft imports bitsandbytes when installed; on CPUs with AVX512-BF16 it warns at import that an
-    # optional 4-bit kernel package is missing, which ddrl never uses
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # see ddrl/__init__.py
     import diffusers
     import transformers
 
