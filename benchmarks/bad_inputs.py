@@ -49,7 +49,8 @@ def newer_cases(w: Path) -> list[tuple[str, str, list[str], str, dict]]:
     Image.fromarray(np.full((48, 48), 30000, np.uint16)).save(w / "wide16.png")
     Image.fromarray(np.full((48, 48), 0.5, np.float32)).save(w / "float.tif")
     Image.new("RGB", (48, 48), (0, 200, 0)).save(w / "g.png")
-    pairs = {"pairs_16bit.jsonl": [{"prompt": "a red circle", "chosen": "wide16.png", "rejected": "b.png"}],
+    pairs = {"pairs_16bit.jsonl": [{"prompt": p, "chosen": "wide16.png", "rejected": "b.png"}
+                                   for p in ("a red circle", "a blue square", "two triangles")],
              "pairs_float.jsonl": [{"prompt": "a red circle", "chosen": "float.tif", "rejected": "b.png"}],
              "pairs_same_file.jsonl": [{"prompt": "a red circle", "chosen": "r.png", "rejected": "r.png"}],
              "pairs_same_pixels.jsonl": [{"prompt": "a red circle", "chosen": "r.png", "rejected": "r2.png"}],

@@ -63,7 +63,7 @@ def test_an_undecodable_image_is_named_when_its_latents_are_cached(tiny_sd_folde
     (tmp_path / "img" / "1b.png").write_bytes(_png(0)[:60])  # a truncated PNG
     policy = load_policy(str(tiny_sd_folder))
     rows = read_pair_rows(DataConfig(pairs=str(path)))
-    with pytest.raises(DataError, match=r"pairs.jsonl:2: cannot decode the image"):
+    with pytest.raises(DataError, match=r"pairs.jsonl:2: cannot decode the image .*1b.png"):
         pair_latents(rows, policy, "tiny", 32, False, tmp_path / "cache", skip_bad_rows=False, progress=False)
     data, _, cached = pair_latents(rows, policy, "tiny", 32, False, tmp_path / "cache", skip_bad_rows=True,
                                    progress=False)
@@ -199,7 +199,7 @@ def test_a_sixteen_bit_image_is_refused_naming_its_line_not_read_as_white(tiny_s
     path = _jsonl(tmp_path, n=3)
     Image.fromarray(np.full((40, 56), 20000, np.uint16)).save(tmp_path / "img" / "2a.png")
     rows = read_pair_rows(DataConfig(pairs=str(path)))
-    with pytest.raises(DataError, match=r"pairs.jsonl:3: the image has mode 'I;16'"):
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: the image .*img/2a.png has mode 'I;16'"):
         pair_latents(rows, load_policy(str(tiny_sd_folder)), "tiny", 32, False, tmp_path / "cache",
                      skip_bad_rows=False, progress=False)
 

@@ -237,7 +237,7 @@ def open_image(ref) -> Image.Image:
         ref = ref.get()
     if isinstance(ref, dict):  # a datasets Image cell with decode=False
         ref = ref.get("bytes") or ref.get("path")
-    return decode_rgb(ref)
+    return decode_rgb(ref, f"the image {ref}" if isinstance(ref, str) else "the image")
 
 
 def check_captions(rows: PairRows, policy, skip: bool) -> PairRows:
