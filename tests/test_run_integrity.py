@@ -298,3 +298,18 @@ def test_a_run_started_before_keys_were_added_resumes_with_their_defaults(tmp_pa
     write(earlier)
     with pytest.raises(ConfigError, match="incomplete.*train.ema_decay"):
         read_run_config(tmp_path)
+    # keys whose default changed what a run does resume with the earlier behaviour (config.LEGACY)
+    for algorithm, section, legacy in (("nft", "nft", {"integer_timesteps": False}),
+                                       ("pref-grpo", "pref_grpo", {"steps": "first"})):
+        cfg = apply_overrides(Config(), {"train.algorithm": algorithm, "sample.sampler": "flow-sde",
+                                         "model.name": "shapes-flow", "train.advantages": "group",
+                                         "sample.images_per_prompt": 4})
+        data = cfg.to_dict()
+        for name in legacy:
+            del data[section][name]
+        if not data[section]:
+            del data[section]
+        write(data)
+        got = read_run_config(tmp_path)
+        assert {k: getattr(got.options, k) for k in legacy} == legacy
+        assert got.options != cfg.options  # a new run of this release gets the reference's behaviour

@@ -34,7 +34,11 @@ RENAMED = {"train.cfg": "train.rescore_with_guidance",
 # keys added since earlier releases (a section name covers all its keys): a run's config.yaml
 # without them resumes with their defaults, which behave as the release it was started with
 ADDED = ("data", "backprop", "model.gradient_checkpointing", "train.optimizer", "train.lr_warmup_steps",
-         "dpo.beta", "dpo.ref_update_steps", "dpo.tied_groups", "run.report_to")
+         "dpo.beta", "dpo.ref_update_steps", "dpo.tied_groups", "run.report_to", "model.resolution",
+         "model.max_sequence_length", "train.ema_per", "nft.integer_timesteps", "pref_grpo")
+# added keys whose default is not what earlier releases did: a run's config.yaml without them
+# resumes with these values instead (a key of an algorithm's options only for that algorithm)
+LEGACY = {"nft.integer_timesteps": False, "pref_grpo.steps": "first"}
 
 
 class ConfigError(ValueError):
@@ -435,4 +439,14 @@ def read_run_config(run_dir: str | Path, allow_edited: bool = False) -> Config:
     """The config a run folder was started with, checked against its hash (run/resume.py)."""
     from .run.resume import read_run_config as read
 
-    return read(Path(run_dir), _missing_keys, lambda values: apply_overrides(Config(), values), allow_edited)
+    return read(Path(run_dir), _missing_keys, lambda values: apply_overrides(Config(), _legacy(values)),
+                allow_edited)
+
+
+def _legacy(values: dict[str, Any]) -> dict[str, Any]:
+    """`values` with the LEGACY value of each added key it lacks that its algorithm reads."""
+    from .config_options import option_keys
+
+    present = {RENAMED.get(k, k) for k in values}
+    reads = set(flatten(Config().to_dict())) | set(option_keys(str(values.get("train.algorithm", ""))))
+    return {**{k: v for k, v in LEGACY.items() if k not in present and k in reads}, **values}

@@ -59,17 +59,14 @@ class Session:
     def start(self, start_epoch: int, resume: bool) -> None:
         """Write config.yaml (main process) and open the metrics log from `start_epoch`."""
         if self.is_main:
-            fresh = not self.run_dir.exists()
-            self.created = fresh and not resume
+            self.created = not self.run_dir.exists() and not resume
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.run_dir / NAME, self.config_text)
             try:
                 self.log_ = open_log(self.run_dir, self.report_to, self.config, start_epoch, resume)
             except Exception:
-                if fresh:  # a run that never started leaves no folder behind
+                if self.created:  # a run that never started leaves no folder behind
                     shutil.rmtree(self.run_dir, ignore_errors=True)
-                elif not resume:
-                    (self.run_dir / NAME).unlink(missing_ok=True)
                 raise
 
     @property
