@@ -306,8 +306,8 @@ def main() -> None:
     lines += ["", "| reward-server request | HTTP status |", "|---|---|"] + [f"| {w_} | {c} |" for w_, c in server]
     ok = sum(r[4] == "yes" for r in rows)
     lines += ["", f"{ok} of {len(rows)} command lines behaved as expected: a one-line error and nothing left behind,"
-              " or, for the controls expected to succeed (two resumes, one 8-bit AdamW run), a finished run. Whether each message names the problem and the fix "
-              "is for a reader of the last column to judge."]
+              " or, for the controls expected to succeed (two resumes, one 8-bit AdamW run), a finished run. "
+              "Whether each message names the problem and the fix is for a reader of the last column to judge."]
     out = ROOT / "benchmarks" / "results" / "bad_inputs.md"
     out.write_text("\n".join(lines) + "\n")
     print(f"{ok}/{len(rows)} as expected; wrote {out}")
