@@ -25,6 +25,8 @@ from test_train import tiny_config
     (lambda: ddrl.load_config("shapes-quick", [("run.epochs", 2)]), r"overrides: expected a dict .* got list"),
     (lambda: ddrl.load_config("shapes-quick", {"train.batch_size": 5}), r"train.batch_size \(5\) must divide"),
     (lambda: ddrl.load_config("shapes-quick", sample__guidance_scale=0.5), r"must be 0 or 1 \(no guidance\)"),
+    (lambda: ddrl.load_config("shapes-quick", train__advantages="group", sample__images_per_prompt=1),
+     r"group needs sample.images_per_prompt >= 2"),
     (lambda: ddrl.train(3.5), r"config: expected .* got float 3.5"),
     (lambda: ddrl.train("shapes-quick", reward=5), r"reward: expected a reward name or spec \(str\) or a callable"),
     (lambda: ddrl.train("shapes-quick", reward=["aesthetic"]), r"reward: expected .* got list"),
@@ -38,6 +40,15 @@ def test_the_api_refuses_arguments_of_the_wrong_type_in_one_line(call, match, tm
     with pytest.raises(ConfigError, match=match):
         call()
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_load_config_checks_values_not_files():
+    """A config may name files made later or elsewhere (the DPO preset's pairs folder, a prompt
+    file): load_config takes it; training checks them before any model loads."""
+    cfg = ddrl.load_config("shapes-dpo", prompts__source="file:made-later.txt")
+    assert cfg.data.pairs == "pairs"
+    with pytest.raises(ConfigError, match="prompt file 'made-later.txt' does not exist"):
+        ddrl.train(cfg)
 
 
 def test_resume_of_a_folder_that_does_not_exist_is_refused(tmp_path):

@@ -255,8 +255,11 @@ def test_a_cache_folder_that_is_a_file_is_refused_before_any_model_loads(tmp_pat
     path = _jsonl(tmp_path, n=2)
     cfg = tiny_config("shapes-sd", **{"train.algorithm": "dpo", "data.pairs": str(path),
                                       "data.cache_dir": str(tmp_path / "cachefile" / "sub")})
-    with pytest.raises(ConfigError, match=r"data.cache_dir .*cachefile/sub is a file, not a folder \(its parent"):
-        validate(cfg)
+    from ddrl.images import check_run
+
+    with pytest.raises(ValueError, match=r"data.cache_dir .*cachefile/sub is a file, not a folder \(its parent"):
+        check_run(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_writer_killed_mid_write_leaves_no_folder_that_restarts_keep(tiny_sd_folder, tmp_path):

@@ -29,8 +29,9 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: dic
                 **kwargs: Any) -> Config:
     """A run configuration from a preset name (None: the default preset), a YAML file, a nested or
     dotted dict, or a Config; then `overrides` ({"train.learning_rate": 1e-4}) and keyword
-    overrides with `__` for the dot (train__learning_rate=1e-4). The result is checked as `train`
-    and `ddrl train` check it, so a value they would refuse is refused here."""
+    overrides with `__` for the dot (train__learning_rate=1e-4). Its values are checked as `train`
+    and `ddrl train` check them, so a value they would refuse is refused here; the files it names
+    and the packages it needs are checked when it trains."""
     from .config_checks import validate
     from .presets import DEFAULT_PRESET, preset_config
 
@@ -50,7 +51,7 @@ def load_config(source: str | Path | dict | Config | None = None, overrides: dic
         cfg = apply_overrides(Config(), load_yaml(source))
     extra = dict(overrides or {}) | {k.replace("__", "."): v for k, v in kwargs.items()}
     cfg = apply_overrides(cfg, extra)  # also fills in the algorithm's default options
-    validate(cfg)
+    validate(cfg, environment=False)  # its values; files and packages are checked when it trains
     return cfg
 
 

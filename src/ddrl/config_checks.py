@@ -60,8 +60,10 @@ def check_numbers(cfg: Config) -> None:
         raise ConfigError(f"sample.guidance_scale {problem}")
 
 
-def validate(cfg: Config) -> None:
-    """Checks every algorithm shares, then the chosen algorithm's own (its `check`)."""
+def validate(cfg: Config, environment: bool = True) -> None:
+    """Checks every algorithm shares, then the chosen algorithm's own (its `check`). Without
+    `environment`, only the values: files the config names need not exist yet, nor optional
+    packages be installed (`ddrl.load_config` checks a config that may be run elsewhere)."""
     from .algorithms.registry import algorithm_class, options_of
 
     s, t = cfg.sample, cfg.train
@@ -79,15 +81,16 @@ def validate(cfg: Config) -> None:
     if t.advantages == "group" and s.images_per_prompt < 2:
         raise ConfigError("train.advantages group needs sample.images_per_prompt >= 2 (the group size)")
     for k in ("source", "eval_source"):
-        _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k))
-    if cfg.data.pairs:
+        _check_prompt_source(f"prompts.{k}", getattr(cfg.prompts, k), environment)
+    if cfg.data.pairs and environment:
         from .data.pairs import DataError, pairs_kind
 
         try:
             pairs_kind(cfg.data.pairs)
         except DataError as e:
             raise ConfigError(str(e)) from None
-    _check_extras(cfg)
+    if environment:
+        _check_extras(cfg)
     algorithm.check(cfg)
 
 
@@ -109,14 +112,14 @@ def _check_extras(cfg: Config) -> None:
                           "(or pip install bitsandbytes)")
 
 
-def _check_prompt_source(key: str, src: str) -> None:
+def _check_prompt_source(key: str, src: str, environment: bool = True) -> None:
     if src.startswith("file:"):
-        if not Path(src[5:]).is_file():
+        if environment and not Path(src[5:]).is_file():
             raise ConfigError(f"{key}: prompt file {src[5:]!r} does not exist")
     elif src.startswith("python:"):
         from .prompts import PYTHON_SOURCES
 
-        if src[7:] not in PYTHON_SOURCES:
+        if environment and src[7:] not in PYTHON_SOURCES:
             raise ConfigError(f"{key} {src!r}: no prompt set {src[7:]!r} was registered in this process "
                               "(ddrl.register_prompts)")
     elif src.startswith("shapes:"):

@@ -28,7 +28,6 @@ from torch import Tensor
 
 from ..config import ConfigError
 from ..data import DataError, check_captions, pair_latents, read_pair_rows
-from ..io import check_writable_dir
 from ..losses.dpo import diffusion_dpo_loss
 from ..models.policy import Cond
 from ..options import option
@@ -100,12 +99,6 @@ class DPO(Algorithm):
             raise ConfigError(f"data.pairs_per_epoch ({d.pairs_per_epoch}) must be a multiple of train.batch_size "
                               f"({cfg.train.batch_size}) x train.gradient_accumulation_steps "
                               f"({cfg.train.gradient_accumulation_steps})")
-        from ..data.latent_cache import default_cache_dir
-
-        try:  # found now, not after every latent is encoded
-            check_writable_dir(d.cache_dir or default_cache_dir(), "data.cache_dir")
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
 
     @classmethod
     def needs_reference(cls, cfg) -> bool:

@@ -24,6 +24,10 @@ def check_run(cfg: Config, run_dir: str | Path, *, resume: bool = False, resume_
     validate(cfg)
     run_dir = Path(run_dir)
     check_writable_dir(run_dir, "the run folder")
+    if cfg.data.pairs:  # found now, not after every latent is encoded
+        from ..data.latent_cache import default_cache_dir
+
+        check_writable_dir(cfg.data.cache_dir or default_cache_dir(), "data.cache_dir")
     preflight(cfg.run.report_to)
     if resume:
         if not (run_dir / NAME).exists():
