@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 import ddrl
 from ddrl.algorithms import RolloutAlgorithm
-from ddrl.config import Config, ConfigError, apply_overrides, read_run_config
+from ddrl.config import Config, ConfigError, apply_overrides
+from ddrl.config_run import read_run_config
 from ddrl.options import field_docs, option
 from ddrl.run import Accumulation, OptimizerStep, load_checkpoint, save_checkpoint
 from ddrl.run.checkpoint import load_optimizer, optimizer_tensors

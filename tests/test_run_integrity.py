@@ -273,13 +273,14 @@ def test_kill_9_at_twenty_random_moments_always_resumes_to_the_uninterrupted_run
 
 
 def test_a_run_started_before_keys_were_added_resumes_with_their_defaults(tmp_path):
-    """config.yaml of an earlier release lacks the keys in config.ADDED (hash intact): it reads, and
+    """config.yaml of an earlier release lacks the keys in config_run.ADDED (hash intact): it reads, and
     the missing keys take their defaults, while a file missing any other key is still refused."""
     import hashlib
 
     import yaml
 
-    from ddrl.config import ADDED, Config, ConfigError, apply_overrides, read_run_config
+    from ddrl.config import Config, ConfigError, apply_overrides
+    from ddrl.config_run import ADDED, read_run_config
 
     def write(data):
         body = yaml.safe_dump(data, sort_keys=False)
@@ -298,7 +299,7 @@ def test_a_run_started_before_keys_were_added_resumes_with_their_defaults(tmp_pa
     write(earlier)
     with pytest.raises(ConfigError, match="incomplete.*train.ema_decay"):
         read_run_config(tmp_path)
-    # keys whose default changed what a run does resume with the earlier behaviour (config.LEGACY)
+    # keys whose default changed what a run does resume with the earlier behaviour (config_run.LEGACY)
     for algorithm, section, legacy in (("nft", "nft", {"integer_timesteps": False}),
                                        ("pref-grpo", "pref_grpo", {"steps": "first"})):
         cfg = apply_overrides(Config(), {"train.algorithm": algorithm, "sample.sampler": "flow-sde",

@@ -196,7 +196,8 @@ def _resume_config(args, overrides: dict[str, str]):
     again); `check_run` then refuses changes a resumed run cannot take (ddrl.run.resume)."""
     import dataclasses
 
-    from .config import apply_overrides, read_run_config
+    from .config import apply_overrides
+    from .config_run import read_run_config
 
     run_dir = Path(args.resume)
     saved = read_run_config(run_dir, allow_edited=args.resume_override)

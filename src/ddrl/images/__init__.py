@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Config, read_run_config
+from ..config import Config
+from ..config_run import read_run_config
 from ..config_checks import validate
 from ..io import check_writable_dir
 

@@ -24,7 +24,8 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..algorithms import Context, algorithm_class, options_of
-from ..config import Config, run_config_text
+from ..config import Config
+from ..config_run import run_config_text
 from ..config_checks import check_model_kind
 from ..models.prompt_length import check_prompts
 from ..prompts import load_prompt_records, shown
