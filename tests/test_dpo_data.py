@@ -235,14 +235,14 @@ def test_captions_obey_the_training_prompt_rules(tiny_sd_folder, tmp_path):
         json.dumps({"prompt": long, "chosen": "img/0a.png", "rejected": "img/0b.png"})])
     rows = read_pair_rows(DataConfig(pairs=str(path)))
     tiny = load_policy(str(tiny_sd_folder))
-    with pytest.raises(DataError, match=r"pairs.jsonl:4: the caption \('circle circle.*'\) is 32 tokens; the text "
+    with pytest.raises(DataError, match=r"pairs.jsonl:4: caption: the prompt \('circle circle.*'\) is 32 tokens; the text "
                        r"encoder reads at most 16.*skip_bad_rows"):
         check_captions(rows, tiny, skip=False)
     kept = check_captions(rows, tiny, skip=True)
-    assert len(kept.rows) == 3 and kept.skipped[0].startswith(f"{path}:4: the caption")
+    assert len(kept.rows) == 3 and kept.skipped[0].startswith(f"{path}:4: caption: the prompt")
     path = _jsonl(tmp_path / "v", n=2, extra_lines=[
         json.dumps({"prompt": "a purple dog", "chosen": "img/0a.png", "rejected": "img/0b.png"})])
-    with pytest.raises(DataError, match=r"pairs.jsonl:3: prompt 'a purple dog' has words outside the model's "
+    with pytest.raises(DataError, match=r"pairs.jsonl:3: caption: prompt 'a purple dog' has words outside the model's "
                        r"vocabulary: \['dog'\]"):
         check_captions(read_pair_rows(DataConfig(pairs=str(path))), load_policy("shapes-sd"), skip=False)
     only_long = type(rows)([rows.rows[-1]], rows.identity)

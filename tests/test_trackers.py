@@ -90,15 +90,12 @@ def test_report_to_refusals(tiny_sd_folder, monkeypatch):
 
 
 def _refused_before_any_model_loads(cfg, run_dir, match):
-    """`ddrl train`'s checks refuse it in under a few seconds, with no model loaded and no folder made."""
-    import time
-
+    """`ddrl train`'s checks (`check_run`, which loads no model) refuse it, and make no folder."""
     from ddrl.images import check_run
 
-    t0 = time.perf_counter()
     with pytest.raises(ValueError, match=match):
         check_run(cfg, run_dir)
-    assert time.perf_counter() - t0 < 20 and not run_dir.exists()
+    assert not run_dir.exists()
 
 
 def test_wandb_without_credentials_is_refused_before_any_model_loads(tiny_sd_folder, tmp_path, monkeypatch):

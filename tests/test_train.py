@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from ddrl.algorithms.ddpo import DDPO
 from ddrl.config import Config, ConfigError, apply_overrides
 from ddrl.config_checks import validate
 from ddrl.rewards import REWARDS, RewardError, RewardOutput, RewardSpec
-from helpers import train
+from helpers import kill_9_once_it_exists, train
 from ddrl.images.loop import ImageRun
 
 
@@ -187,12 +186,7 @@ def test_kill_9_at_any_moment_leaves_a_resumable_run(tiny_sd_folder, tmp_path):
     """A real `kill -9` of `ddrl train` after its first checkpoint; `--resume` completes the run."""
     run = tmp_path / "killed"
     args = cli_train_command(tiny_sd_folder, run, 40)
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not (run / "checkpoints/epoch_000002").exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_9_once_it_exists(args, run / "checkpoints/epoch_000002")
     assert not (run / "report.md").exists()
     out = subprocess.run(args[:4] + ["--resume", str(run), "--run.epochs", "4", "--resume-override"],
                          capture_output=True, text=True)

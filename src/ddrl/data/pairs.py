@@ -251,7 +251,7 @@ def check_captions(rows: PairRows, policy, skip: bool) -> PairRows:
         try:
             check_prompts(policy, [caption], "caption")
         except ValueError as e:
-            bad[caption] = str(e).replace("caption: ", "", 1).replace("prompt 1 ", "the caption ", 1)
+            bad[caption] = str(e)
     if not bad:
         return rows
     skipped, kept = list(rows.skipped or []), []

@@ -64,6 +64,7 @@ class Collector:
                 ) -> tuple[Rollouts | None, list[Future], int]:
         """(rollouts, reward futures, 0), or (None, futures, the 1-based batch that went non-finite)."""
         cfg, policy = self.cfg, self.policy
+        fed = model_time or (lambda t: t)
         gidx, pids = self.plan(epoch)
         latents, log_probs, graphs, futures = [], [], [], []
         for start in range(0, len(gidx), cfg.sample.batch_size):
@@ -78,7 +79,6 @@ class Collector:
             x_T = noise().to(self.accelerator.device)
             weights = sampling_weights() if sampling_weights is not None else contextlib.nullcontext()
             with torch.set_grad_enabled(with_graph), self.accelerator.autocast(), weights:
-                fed = model_time or (lambda t: t)
                 traj = rollout(lambda x, t: guided_prediction(policy, x, fed(t), cond, uncond, cfg.sample.guidance_scale),
                                x_T, self.sampler, noise=noise, on_step=lambda: bar.update(1))
             with torch.no_grad():

@@ -58,11 +58,6 @@ def _read_index(where: str, local: bool) -> dict:
         raise ModelError(f"could not load {where!r}: cannot read {source}: {_one_line(e)}") from e
 
 
-def _is_flow_transformer(name_or_path: str) -> bool:
-    where, local = resolve(name_or_path)
-    return _read_index(where, local).get("_class_name") in ("StableDiffusion3Pipeline", "FluxPipeline")
-
-
 def _check_components(folder: Path, index: dict) -> None:
     """Each component model_index.json lists is present and is the class it names, read from the
     component's config.json before any weight loads (diffusers would fail mid-load, in its words)."""
@@ -111,14 +106,14 @@ def load_policy(name_or_path: str, *, device: str | torch.device = "cpu",
     """Load a Stable Diffusion 1.x/2.x, SDXL, SD3/3.5 or FLUX.1 pipeline as a `Policy`. For SD3 and
     FLUX, `resolution` (pixels) sets the image size and `max_sequence_length` the T5 tokens; a
     folder's ddrl.json may give them too. SD 1.x/2.x and SDXL sample at their UNet's size."""
-    if (resolution or max_sequence_length) and not _is_flow_transformer(name_or_path):
-        raise ModelError("model.resolution and model.max_sequence_length apply to SD3 and FLUX; SD 1.x/2.x and "
-                         "SDXL sample at their UNet's size and encode 77 CLIP tokens")
     where, local = resolve(name_or_path)
     index = _read_index(where, local)
     cls = index.get("_class_name")
     if cls not in _PIPELINES:
         raise ModelError(f"{name_or_path!r} is a {cls}; supported pipelines are {_PIPELINES}")
+    if (resolution or max_sequence_length) and cls not in ("StableDiffusion3Pipeline", "FluxPipeline"):
+        raise ModelError("model.resolution and model.max_sequence_length apply to SD3 and FLUX; SD 1.x/2.x and "
+                         "SDXL sample at their UNet's size and encode 77 CLIP tokens")
     if local:
         _check_components(Path(where), index)
     meta = {}

@@ -33,12 +33,13 @@ def check_prompt_lengths(policy, prompts: Sequence[str], source: str) -> None:
     reads."""
     tok, limit = prompt_reader(policy)
     for i, p in enumerate(prompts):
+        which = f"prompt {i + 1}" if len(prompts) > 1 else "the prompt"
         if len(p) > CHARS_PER_TOKEN_LIMIT * limit:
-            raise ValueError(f"{source}: prompt {i + 1} ({shown(p)}) has {len(p)} characters; the text encoder "
+            raise ValueError(f"{source}: {which} ({shown(p)}) has {len(p)} characters; the text encoder "
                              f"reads at most {limit} tokens")
         n = len(tok(p, truncation=False).input_ids)
         if n > limit:
-            raise ValueError(f"{source}: prompt {i + 1} ({shown(p)}) is {n} tokens; the text encoder reads at most "
+            raise ValueError(f"{source}: {which} ({shown(p)}) is {n} tokens; the text encoder reads at most "
                              f"{limit} (the rest would be cut off while the reward reads it all). Shorten it")
 
 
