@@ -106,3 +106,24 @@ def judged_win_rates(compare, images: Tensor, prompts: list[str], groups: Tensor
     beats = torch.full((n, n), 0.5)
     beats[i, j], beats[j, i] = p, 1 - p
     return win_rates(beats, groups)
+
+
+def gae(rewards: Tensor, values: Tensor, next_values: Tensor, terminated: Tensor, truncated: Tensor, *,
+        gamma: float, lam: float) -> Tensor:
+    """Generalised advantage estimation (Schulman et al. 2016) over (S, B) steps of B environments,
+    with the episode ends of a gymnasium vector environment:
+
+        delta_s = r_s + gamma (1 - terminated_s) V(o'_s) - V(o_s)
+        A_s     = delta_s + gamma lam (1 - done_s) A_{s+1},   done = terminated or truncated
+
+    o'_s is the observation the step led to: the episode's last one when it ended (so a truncated
+    episode is bootstrapped from where it stopped, not treated as terminal), and V(o'_{S-1}) closes
+    the window. Returns = A + V."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    done = terminated | truncated
+    for s in reversed(range(len(rewards))):
+        delta = rewards[s] + gamma * (~terminated[s]) * next_values[s] - values[s]
+        running = delta + gamma * lam * (~done[s]) * running
+        adv[s] = running
+    return adv

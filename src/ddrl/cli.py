@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_rewards import add_reward_commands
 
     add_reward_commands(sub)
+    from .control.cli import add_control_commands
+
+    add_control_commands(sub)
     return parser
 
 
@@ -354,10 +357,11 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["train"]:
+    head = 2 if argv[:2] == ["control", "train"] else 1
+    if argv[:1] == ["train"] or head == 2:
         # Overrides (--section.key value) are free-form, so they are split off before argparse
         # sees the rest; otherwise a value could be taken for the positional preset.
-        known, overrides, i = [], [], 1
+        known, overrides, i = [], [], head
         while i < len(argv):
             tok = argv[i]
             if tok.startswith("--") and "." in tok.split("=")[0]:
@@ -367,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 known.append(tok)
                 i += 1
-        args = parser.parse_args(["train", *known])
+        args = parser.parse_args([*argv[:head], *known])
         args.overrides = overrides
     else:
         args = parser.parse_args(argv)

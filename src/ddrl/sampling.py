@@ -225,6 +225,71 @@ def flow_cps_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_ne
     return Step(x, -((x.detach() - mean) ** 2).flatten(1).mean(1), mean, std)
 
 
+def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor | float) -> Tensor:
+    """log N(x; mean, std^2) per element, no reduction: the control methods reduce it their own
+    way (DPPO clamps each element, then averages; ReinFlow sums)."""
+    std = torch.as_tensor(std, dtype=x.dtype)
+    return -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+
+
+def cosine_alpha_bar(num_steps: int, s: float = 0.008) -> Tensor:
+    """The (K,) alpha_bar of the cosine schedule (Nichol & Dhariwal 2021) as DPPO builds it
+    (model/diffusion/sampling.py): alpha_bar(x) = cos((x/(K+1) + s)/(1 + s) pi/2)^2 on K+1 points,
+    betas = 1 - ratios clipped to [0, 0.999], alpha_bar = cumprod(1 - beta). Index 0 is the least
+    noisy step. Float64, as the reference's numpy."""
+    x = torch.linspace(0, num_steps + 1, num_steps + 1, dtype=torch.float64)
+    f = torch.cos(((x / (num_steps + 1)) + s) / (1 + s) * math.pi * 0.5) ** 2
+    f = f / f[0]
+    betas = (1 - f[1:] / f[:-1]).clamp(0, 0.999)
+    return torch.cumprod(1 - betas, 0)
+
+
+def ddpm_step(x_t: Tensor, eps: Tensor, alpha_bar_t: Tensor | float, alpha_bar_prev: Tensor | float, *,
+              x0_clip: float | None = None, std_min: float = 0.0, noise: Tensor | None = None,
+              x_prev: Tensor | None = None) -> Step:
+    """One DDPM ancestral step (Ho et al. 2020, eq. 7) with DPPO's two guards
+    (model/diffusion/diffusion_vpg.py, p_mean_var and forward):
+
+        x0_hat = x_t / sqrt(ab_t) - sqrt(1/ab_t - 1) eps,   clamped to +-x0_clip
+        mean   = beta_t sqrt(ab_prev) / (1 - ab_t) x0_hat + (1 - ab_prev) sqrt(alpha_t) / (1 - ab_t) x_t
+        std    = max(sqrt(beta_t (1 - ab_prev) / (1 - ab_t)), std_min)
+
+    with alpha_t = ab_t / ab_prev and beta_t = 1 - alpha_t. Without the clamp and the floor this is
+    DDIM with eta = 1 (`ddim_step`); with them it is not. The caller clamps `noise` (DPPO: +-3).
+    `log_prob` is the per-dimension mean; DPPO's own reduction is `gaussian_log_prob` clamped per
+    element, then averaged."""
+    x_t, eps = _fp32(x_t), _fp32(eps)
+    ab_t = torch.as_tensor(alpha_bar_t, dtype=x_t.dtype)
+    ab_prev = torch.as_tensor(alpha_bar_prev, dtype=x_t.dtype)
+    alpha_t = ab_t / ab_prev
+    beta_t = 1 - alpha_t
+    x0_hat = x_t / ab_t.sqrt() - (1 / ab_t - 1).sqrt() * eps
+    if x0_clip is not None:
+        x0_hat = x0_hat.clamp(-x0_clip, x0_clip)
+    mean = beta_t * ab_prev.sqrt() / (1 - ab_t) * x0_hat + (1 - ab_prev) * alpha_t.sqrt() / (1 - ab_t) * x_t
+    var = (beta_t * (1 - ab_prev) / (1 - ab_t)).clamp(min=1e-20)
+    std = var.sqrt().clamp(min=std_min) if std_min > 0 else var.sqrt()
+    x = _sample_or_score("ddpm_step", mean, std, noise, x_prev)
+    return Step(x, gaussian_log_prob_per_dim(x.detach(), mean, std), mean, std)
+
+
+def flow_noisy_step(x_t: Tensor, velocity: Tensor, sigma: Tensor | float, sigma_next: Tensor | float, *,
+                    std: Tensor | float, mean_clip: float | None = None, noise: Tensor | None = None,
+                    x_prev: Tensor | None = None) -> Step:
+    """An Euler step of the flow with Gaussian noise of a given std (ReinFlow, ppoflow.py):
+
+        x_next ~ N(clamp(x_t + (sigma_next - sigma) v, +-mean_clip), std^2)
+
+    `std` is the exploration noise network's output (or a constant); at std = 0 use
+    `flow_ode_step`. `log_prob` is the per-dimension mean; ReinFlow sums `gaussian_log_prob`."""
+    mean = flow_ode_step(x_t, velocity, sigma, sigma_next)
+    if mean_clip is not None:
+        mean = mean.clamp(-mean_clip, mean_clip)
+    std = torch.as_tensor(std, dtype=mean.dtype)
+    x = _sample_or_score("flow_noisy_step", mean, std, noise, x_prev)
+    return Step(x, gaussian_log_prob_per_dim(x.detach(), mean, std.expand_as(x)), mean, std)
+
+
 def ddim_timesteps(num_steps: int, num_train_timesteps: int = 1000, steps_offset: int = 1) -> Tensor:
     """Stable Diffusion's "leading" DDIM spacing, highest first (as DDIMScheduler with
     steps_offset=1): for 50 steps, 981, 961, ..., 1."""

@@ -98,18 +98,19 @@ def _checkpoint_diff(run_dir: Path, values: dict) -> str:
     return f"{listed}. The checkpoint's copy is {copy}: copy it to {run_dir / NAME} to resume as the run was"
 
 
-def check_resume(saved: dict, given: dict, override: bool = False) -> list[str]:
+def check_resume(saved: dict, given: dict, override: bool = False, safe: tuple[str, ...] = RESUME_SAFE,
+                 length: str = "run.epochs") -> list[str]:
     """The changes of the nested config `given` from the run's `saved` one, as 'key: old -> new'
-    lines. Changes outside RESUME_SAFE, or fewer epochs, raise a ConfigError naming them unless
-    `override`."""
+    lines. Changes outside `safe`, or a shorter run (`length`), raise a ConfigError naming them
+    unless `override`."""
     a, b = flatten(saved), flatten(given)
     changes = {k: (a.get(k), b.get(k)) for k in dict.fromkeys([*a, *b]) if a.get(k) != b.get(k) and k != "run.output_dir"}
-    unsafe = [k for k in changes if k not in RESUME_SAFE]
-    if b["run.epochs"] < a["run.epochs"]:
-        unsafe.append("run.epochs")
+    unsafe = [k for k in changes if k not in safe]
+    if b[length] < a[length]:
+        unsafe.append(length)
     if unsafe and not override:
         listed = "; ".join(f"{k}: {changes[k][0]!r} in the run, {changes[k][1]!r} given" for k in unsafe[:4])
-        raise ConfigError(f"resuming with another config: {listed}. A resumed run may only raise run.epochs and "
-                          f"change {', '.join(k for k in RESUME_SAFE if k not in ('run.epochs', 'run.output_dir'))}; "
+        raise ConfigError(f"resuming with another config: {listed}. A resumed run may only raise {length} and "
+                          f"change {', '.join(k for k in safe if k not in (length, 'run.output_dir'))}; "
                           "add --resume-override to change the rest anyway")
     return [f"{k}: {old!r} -> {new!r}" for k, (old, new) in changes.items()]
